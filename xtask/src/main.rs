@@ -1,1 +1,44 @@
-fn main() {}
+//! `cargo xtask`: the rig's orchestrator. This file only dispatches.
+
+mod accel;
+mod console;
+mod cpio;
+mod context;
+mod flags;
+mod hashing;
+mod image;
+mod kbuild;
+mod kconfig;
+mod lock;
+mod ktap;
+mod patches;
+mod pgroup;
+mod progress;
+mod results;
+mod signals;
+mod test;
+mod tree;
+mod vm;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let args = flags::Xtask::parse();
+    signals::install().map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"))?;
+    let outcome = match args.cmd {
+        flags::Cmd::Test(f) => test::run(f),
+        flags::Cmd::Tree(c) => test::stage_tree(c),
+        flags::Cmd::Apply(c) => test::stage_apply(c),
+        flags::Cmd::Config(c) => test::stage_config(c),
+        flags::Cmd::Build(c) => test::stage_build(c),
+        flags::Cmd::Image(c) => test::stage_image(c),
+        flags::Cmd::Boot(f) => test::stage_boot(f),
+    };
+    match outcome {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Command-line flags for every subcommand, in one place.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", about = "Build, boot and test the BPF allocator series")]
+pub struct Xtask {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run every stage: tree, apply, config, build, image, boot, judge, report.
+    Test(TestFlags),
+    /// Fetch and import the pinned kernel tree (or check --tree).
+    Tree(Common),
+    /// Apply the patch series onto the baseline.
+    Apply(Common),
+    /// Merge the kconfig fragments and verify every requested option.
+    Config(Common),
+    /// Build the kernel (vmlinux + bzImage).
+    Build(Common),
+    /// Build the initramfs: busybox, guest runner, BPF objects.
+    Image(Common),
+    /// Boot the kernel and run the selftests; print the verdict (no snapshot).
+    Boot(BootFlags),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Patch series under patches/ to apply.
+    #[arg(long, default_value = "global-ma")]
+    pub series: String,
+    /// Use this kernel git checkout as it is, instead of the pinned tree + series.
+    #[arg(long)]
+    pub tree: Option<PathBuf>,
+    /// Extra kconfig fragment from kconfigs/ (repeatable; base is always applied).
+    #[arg(long = "config", value_name = "NAME")]
+    pub configs: Vec<String>,
+    /// Where stages keep their artefacts.
+    #[arg(long, env = "RIG_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Parallel kbuild jobs (default: number of cores + 1).
+    #[arg(short = 'j', long)]
+    pub jobs: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BootFlags {
+    #[command(flatten)]
+    pub common: Common,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 4)]
+    pub cpus: u32,
+    /// Guest memory (QEMU -m syntax).
+    #[arg(long, default_value = "1G")]
+    pub memory: String,
+    /// Accelerator: auto probes KVM once per machine and falls back to TCG.
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    pub accel: Accel,
+    /// Seconds from QEMU start to the first KTAP line.
+    #[arg(long, default_value_t = 120)]
+    pub boot_timeout: u64,
+    /// Seconds one selftest may run.
+    #[arg(long, default_value_t = 300)]
+    pub test_timeout: u64,
+    /// Seconds with neither console nor KTAP output before the guest is declared hung.
+    #[arg(long, default_value_t = 60)]
+    pub silence_timeout: u64,
+    /// Run only the selftests whose name contains this.
+    #[arg(long)]
+    pub filter: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TestFlags {
+    #[command(flatten)]
+    pub boot: BootFlags,
+    /// Accept the new results as the committed snapshot.
+    #[arg(long)]
+    pub accept: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}

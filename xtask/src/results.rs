@@ -1,0 +1,173 @@
+//! Stage `report`: the run dir (results.yaml, junit.xml), the table, and the
+//! comparison of the normalised results with the committed insta snapshot.
+//! serde_yaml stays in this module (it is archived upstream).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::console::Splat;
+use crate::ktap::{Report, Status};
+
+#[derive(Serialize)]
+pub struct RunInfo {
+    pub kernel: String,
+    pub series: String,
+    pub configs: Vec<String>,
+    pub config_hash: String,
+    pub cpus: u32,
+    pub memory: String,
+    pub accel: String,
+    pub ending: String,
+    pub wall_s: f64,
+    pub boot_to_first_ktap_s: Option<f64>,
+}
+
+#[derive(Serialize)]
+pub struct ResultsFile<'a> {
+    pub run: &'a RunInfo,
+    pub passed: bool,
+    pub verdict: &'a str,
+    pub counts: crate::ktap::Counts,
+    pub problems: &'a [String],
+    pub tests: &'a [crate::ktap::TestResult],
+    pub splats: &'a [Splat],
+}
+
+/// A fresh `runs/<time>-<series>` dir, with `runs/latest` pointing at it.
+pub fn new_run_dir(work: &Path, series: &str) -> Result<PathBuf> {
+    let runs = work.join("runs");
+    std::fs::create_dir_all(&runs)?;
+    let stamp = duct::cmd!("date", "-u", "+%Y%m%d-%H%M%S")
+        .read()
+        .context("reading the date")?;
+    let mut dir = runs.join(format!("{stamp}-{series}"));
+    let mut n = 1;
+    while dir.exists() {
+        n += 1;
+        dir = runs.join(format!("{stamp}-{series}-{n}"));
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let latest = runs.join("latest");
+    let _ = std::fs::remove_file(&latest);
+    let _ = std::os::unix::fs::symlink(dir.file_name().unwrap(), &latest);
+    Ok(dir)
+}
+
+pub fn write_yaml(dir: &Path, results: &ResultsFile) -> Result<()> {
+    let text = serde_yaml::to_string(results).context("serialising results.yaml")?;
+    let path = dir.join("results.yaml");
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Names and statuses only: what the committed snapshot pins down.
+pub fn normalized(report: &Report) -> String {
+    let mut s = String::new();
+    for t in &report.tests {
+        s.push_str(&format!("{}: {}\n", t.name, status_name(t.status)));
+    }
+    for p in &report.problems {
+        s.push_str(&format!("problem: {p}\n"));
+    }
+    s
+}
+
+pub fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Passed => "PASSED",
+        Status::Failed => "FAILED",
+        Status::Skipped => "SKIPPED",
+        Status::Crashed => "CRASHED",
+        Status::NotRun => "NOT_RUN",
+    }
+}
+
+/// Compares with `bpf-selftests/snapshots/results@<series>.snap`. With
+/// `accept` the snapshot is rewritten; otherwise a mismatch prints insta's
+/// diff and leaves a `.snap.new` for `cargo insta review` (outside CI).
+pub fn compare_snapshot(repo: &Path, series: &str, content: &str, accept: bool) -> Result<bool> {
+    let dir = repo.join("bpf-selftests/snapshots");
+    std::fs::create_dir_all(&dir)?;
+    std::env::set_var("INSTA_WORKSPACE_ROOT", repo);
+    std::env::set_var("INSTA_UPDATE", if accept { "always" } else { "auto" });
+    std::env::remove_var("INSTA_FORCE_PASS");
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(&dir);
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    let name = format!("results@{series}");
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        settings.bind(|| insta::assert_snapshot!(name.clone(), content));
+    }));
+    std::panic::set_hook(hook);
+    Ok(outcome.is_ok())
+}
+
+pub fn write_junit(dir: &Path, info: &RunInfo, report: &Report, splats: &[Splat]) -> Result<()> {
+    let counts = report.counts();
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let failures = counts.failed + counts.crashed + counts.not_run + usize::from(!splats.is_empty());
+    x.push_str(&format!(
+        "<testsuites><testsuite name=\"bpf-selftests.{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{:.3}\">\n",
+        esc(&info.series),
+        report.tests.len() + usize::from(!splats.is_empty()),
+        failures,
+        counts.skipped,
+        info.wall_s
+    ));
+    for t in &report.tests {
+        let secs = t.duration_ms.unwrap_or(0) as f64 / 1000.0;
+        x.push_str(&format!(
+            "  <testcase classname=\"bpf-selftests\" name=\"{}\" time=\"{secs:.3}\">",
+            esc(&t.name)
+        ));
+        let body = esc(&t.diagnostics.join("\n"));
+        match t.status {
+            Status::Passed => {}
+            Status::Skipped => x.push_str(&format!(
+                "<skipped message=\"{}\"/>",
+                esc(t.skip_reason.as_deref().unwrap_or(""))
+            )),
+            s => x.push_str(&format!(
+                "<failure message=\"{}\">{body}</failure>",
+                status_name(s)
+            )),
+        }
+        x.push_str("</testcase>\n");
+    }
+    if !splats.is_empty() {
+        let text: Vec<String> = splats.iter().map(|s| s.excerpt.join("\n")).collect();
+        x.push_str(&format!(
+            "  <testcase classname=\"bpf-selftests\" name=\"console\"><failure message=\"{}\">{}</failure></testcase>\n",
+            esc(&splats[0].title),
+            esc(&text.join("\n\n"))
+        ));
+    }
+    x.push_str("</testsuite></testsuites>\n");
+    let path = dir.join("junit.xml");
+    std::fs::write(&path, x).with_context(|| format!("writing {}", path.display()))
+}
+
+fn esc(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
+        .map(|c| match c {
+            '&' => "&amp;".to_string(),
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '"' => "&quot;".to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escapes_xml() {
+        assert_eq!(super::esc("a<b & \"c\"\u{1b}"), "a&lt;b &amp; &quot;c&quot;");
+    }
+}

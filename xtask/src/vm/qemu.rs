@@ -1,0 +1,107 @@
+//! QEMU command lines, built by pure functions so tests can snapshot them.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM with the named CPU model.
+    Kvm(String),
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(&self) -> String {
+        match self {
+            Accel::Kvm(cpu) => format!("kvm (-cpu {cpu})"),
+            Accel::Tcg => "tcg".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cpus: u32,
+    pub memory: String,
+    pub accel: Accel,
+    pub console_log: PathBuf,
+    pub ktap_log: PathBuf,
+    /// Extra `key=value` words for the kernel command line.
+    pub cmdline: Vec<String>,
+}
+
+pub fn kernel_cmdline(spec: &VmSpec) -> String {
+    let mut words: Vec<String> = [
+        "console=ttyS0",
+        "earlyprintk=serial",
+        // A panic ends QEMU at once (with -no-reboot) instead of waiting.
+        "panic=-1",
+        "oops=panic",
+        "rdinit=/init",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    words.push(format!("rig.cpus={}", spec.cpus));
+    words.extend(spec.cmdline.iter().cloned());
+    words.join(" ")
+}
+
+pub fn args(spec: &VmSpec) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    push(&["-machine", "pc"]);
+    match &spec.accel {
+        Accel::Kvm(cpu) => push(&["-accel", "kvm", "-cpu", cpu]),
+        Accel::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
+    }
+    let smp = spec.cpus.to_string();
+    push(&["-smp", &smp, "-m", &spec.memory]);
+    push(&["-kernel", &spec.kernel.to_string_lossy()]);
+    push(&["-initrd", &spec.initrd.to_string_lossy()]);
+    push(&["-append", &kernel_cmdline(spec)]);
+    // A guest reboot (our init's `reboot -f`, or panic=-1) ends QEMU.
+    push(&["-no-reboot"]);
+    let console = format!("file:{}", spec.console_log.display());
+    push(&["-serial", &console]);
+    // KTAP on its own channel, never mixed with kernel messages.
+    let ktap = format!("file,id=ktap,path={}", spec.ktap_log.display());
+    push(&["-device", "virtio-serial-pci", "-chardev", &ktap]);
+    push(&["-device", "virtserialport,chardev=ktap,name=ktap"]);
+    // Entropy for getrandom() in the guest runner.
+    push(&["-device", "virtio-rng-pci"]);
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(accel: Accel) -> VmSpec {
+        VmSpec {
+            kernel: "/b/vmlinux".into(),
+            initrd: "/b/initramfs.cpio".into(),
+            cpus: 4,
+            memory: "1G".into(),
+            accel,
+            console_log: "/run/console.log".into(),
+            ktap_log: "/run/ktap.log".into(),
+            cmdline: vec!["rig.filter=hash".into()],
+        }
+    }
+
+    #[test]
+    fn tcg_command_line() {
+        insta::assert_snapshot!(args(&spec(Accel::Tcg)).join("\n"));
+    }
+
+    #[test]
+    fn kvm_command_line() {
+        let a = args(&spec(Accel::Kvm("host".into())));
+        let s = a.join(" ");
+        assert!(s.contains("-accel kvm -cpu host"), "{s}");
+        assert!(!s.contains("tcg"));
+    }
+}
