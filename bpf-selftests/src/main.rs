@@ -1,1 +1,39 @@
-fn main() {}
+//! Guest-side BPF selftest runner: loads the BPF programs under
+//! /lib/bpf-selftests with libbpf-rs and reports KTAP on the `ktap`
+//! virtio-serial port. See tests/mod.rs for the test table.
+
+mod bpf;
+mod check;
+mod cmdline;
+mod cpu;
+mod ktap;
+mod runner;
+mod tests;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("bpf-selftests: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn real_main() -> Result<bool> {
+    let cfg = cmdline::Config::load()?;
+    if cfg.list {
+        for t in tests::ALL.iter().filter(|t| cfg.selects(t.name)) {
+            println!("{}", t.name);
+        }
+        return Ok(true);
+    }
+    let ktap = ktap::Ktap::open(cfg.ktap.as_deref())?.install();
+    bpf::forward_libbpf_log(cfg.libbpf_debug);
+    Ok(runner::run(ktap, &cfg, tests::ALL))
+}

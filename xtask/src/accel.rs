@@ -64,7 +64,11 @@ fn machine_key() -> String {
         k.str(&std::fs::read_to_string(f).unwrap_or_default());
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    k.str(cpu.lines().find(|l| l.starts_with("model name")).unwrap_or(""));
+    k.str(
+        cpu.lines()
+            .find(|l| l.starts_with("model name"))
+            .unwrap_or(""),
+    );
     let qemu = duct::cmd!("qemu-system-x86_64", "--version")
         .stderr_null()
         .read()
@@ -89,7 +93,10 @@ fn read_cache(path: &Path, key: &str) -> Option<Accel> {
 fn probe(ctx: &Ctx, kernel: &Path, initrd: &Path) -> Result<Accel> {
     let dir = ctx.dir("accel-probe")?;
     for cpu in KVM_CPUS {
-        eprintln!("[boot] probing KVM with -cpu {cpu} (once per machine, at most {}s)", PROBE_LIMIT.as_secs());
+        eprintln!(
+            "[boot] probing KVM with -cpu {cpu} (once per machine, at most {}s)",
+            PROBE_LIMIT.as_secs()
+        );
         let spec = VmSpec {
             kernel: kernel.to_path_buf(),
             initrd: initrd.to_path_buf(),

@@ -25,7 +25,14 @@ impl Archive {
     pub fn add(&mut self, path: &str, entry: Entry) {
         let path = path.trim_matches('/').to_string();
         let mut parent = String::new();
-        for part in path.split('/').collect::<Vec<_>>().iter().rev().skip(1).rev() {
+        for part in path
+            .split('/')
+            .collect::<Vec<_>>()
+            .iter()
+            .rev()
+            .skip(1)
+            .rev()
+        {
             if !parent.is_empty() {
                 parent.push('/');
             }
@@ -63,7 +70,19 @@ fn header(
 ) -> std::io::Result<()> {
     let nlink = if mode & 0o170000 == 0o040000 { 2 } else { 1 };
     let fields = [
-        ino, mode, 0, 0, nlink, 0, size, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0,
+        ino,
+        mode,
+        0,
+        0,
+        nlink,
+        0,
+        size,
+        0,
+        0,
+        rdev.0,
+        rdev.1,
+        name.len() as u32 + 1,
+        0,
     ];
     let mut h = String::from("070701");
     for f in fields {
@@ -87,8 +106,20 @@ mod tests {
     #[test]
     fn writes_aligned_newc_with_parents_and_trailer() {
         let mut a = Archive::new();
-        a.add("/bin/sh", Entry::File { data: b"x".to_vec(), mode: 0o755 });
-        a.add("init", Entry::File { data: b"#!/bin/sh\n".to_vec(), mode: 0o755 });
+        a.add(
+            "/bin/sh",
+            Entry::File {
+                data: b"x".to_vec(),
+                mode: 0o755,
+            },
+        );
+        a.add(
+            "init",
+            Entry::File {
+                data: b"#!/bin/sh\n".to_vec(),
+                mode: 0o755,
+            },
+        );
         let mut buf = Vec::new();
         a.write(&mut buf).unwrap();
         let text = String::from_utf8_lossy(&buf);

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "cargo xtask", about = "Build, boot and test the BPF allocator series")]
+#[command(
+    name = "cargo xtask",
+    about = "Build, boot and test the BPF allocator series"
+)]
 pub struct Xtask {
     #[command(subcommand)]
     pub cmd: Cmd,

@@ -35,7 +35,11 @@ pub fn build(ctx: &Ctx, tree: &Tree, kernel: &Kernel) -> Result<Image> {
         }
         let mut parts = line.split_whitespace();
         let (Some(guest), Some(source), None) = (parts.next(), parts.next(), parts.next()) else {
-            bail!("{}:{}: expected `guest-path source`", list_path.display(), n + 1);
+            bail!(
+                "{}:{}: expected `guest-path source`",
+                list_path.display(),
+                n + 1
+            );
         };
         match source {
             "@runner" => add_file(&mut archive, guest, &runner)?,
@@ -98,7 +102,10 @@ fn require_static(path: &Path, fix: &str) -> Result<()> {
         bail!("{} is not an ELF binary", path.display());
     }
     if elf_has_interp(&data) {
-        bail!("{} is dynamically linked; the guest needs a static one: {fix}", path.display());
+        bail!(
+            "{} is dynamically linked; the guest needs a static one: {fix}",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -126,10 +133,18 @@ fn bpf_objects(ctx: &Ctx, tree: &Tree, kernel: &Kernel) -> Result<Vec<PathBuf>> 
     std::fs::create_dir_all(&inc)?;
     let stamp = inc.join(".key");
     if !stamp_matches(&stamp, &kernel.key) {
-        let vmlinux_h = duct::cmd!("bpftool", "btf", "dump", "file", &kernel.vmlinux, "format", "c")
-            .stdout_capture()
-            .run()
-            .with_context(|| format!("bpftool btf dump of {}", kernel.vmlinux.display()))?;
+        let vmlinux_h = duct::cmd!(
+            "bpftool",
+            "btf",
+            "dump",
+            "file",
+            &kernel.vmlinux,
+            "format",
+            "c"
+        )
+        .stdout_capture()
+        .run()
+        .with_context(|| format!("bpftool btf dump of {}", kernel.vmlinux.display()))?;
         std::fs::write(inc.join("vmlinux.h"), vmlinux_h.stdout)?;
         let defs = duct::cmd!(
             "python3",
@@ -163,9 +178,15 @@ fn bpf_objects(ctx: &Ctx, tree: &Tree, kernel: &Kernel) -> Result<Vec<PathBuf>> 
     }
     let headers = headers.finish();
     let tools_inc = tree.path.join("tools/lib/bpf");
+    // bpf_tracing.h includes <bpf/bpf_helpers.h>.
+    let tools_lib = tree.path.join("tools/lib");
     let mut objects = Vec::new();
     for src in sources {
-        let stem = src.file_name().unwrap().to_string_lossy().replace(".bpf.c", "");
+        let stem = src
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".bpf.c", "");
         let obj = out.join(format!("{stem}.bpf.o"));
         let mut key = Key::new("bpf-object");
         key.str(&headers).file(&src)?;
@@ -173,8 +194,22 @@ fn bpf_objects(ctx: &Ctx, tree: &Tree, kernel: &Kernel) -> Result<Vec<PathBuf>> 
         let obj_stamp = out.join(format!("{stem}.key"));
         if !(obj.is_file() && stamp_matches(&obj_stamp, &key)) {
             let res = duct::cmd!(
-                "clang", "-target", "bpf", "-O2", "-g", "-D__TARGET_ARCH_x86",
-                "-I", &inc, "-I", &tools_inc, "-c", &src, "-o", &obj
+                "clang",
+                "-target",
+                "bpf",
+                "-O2",
+                "-g",
+                "-D__TARGET_ARCH_x86",
+                "-I",
+                &inc,
+                "-I",
+                &tools_inc,
+                "-I",
+                &tools_lib,
+                "-c",
+                &src,
+                "-o",
+                &obj
             )
             .stderr_to_stdout()
             .stdout_capture()
@@ -200,11 +235,22 @@ fn guest_runner(ctx: &Ctx) -> Result<PathBuf> {
     let target_dir = ctx.repo.join("target/guest");
     let triple = "x86_64-unknown-linux-gnu";
     let res = duct::cmd!(
-        "cargo", "build", "--quiet", "--release", "--package", "bpf-selftests",
-        "--target", triple, "--target-dir", &target_dir
+        "cargo",
+        "build",
+        "--quiet",
+        "--release",
+        "--package",
+        "bpf-selftests",
+        "--target",
+        triple,
+        "--target-dir",
+        &target_dir
     )
     .dir(&ctx.repo)
-    .env("RUSTFLAGS", "-C target-feature=+crt-static")
+    .env(
+        "RUSTFLAGS",
+        "-C target-feature=+crt-static -C relocation-model=static",
+    )
     .stderr_to_stdout()
     .stdout_capture()
     .unchecked()

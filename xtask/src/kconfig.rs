@@ -93,13 +93,7 @@ pub fn dropped(requested: &Options, fin: &Options) -> Vec<String> {
                 (Some(w), Some(g)) => w == g,
                 _ => false,
             };
-            (!same).then(|| {
-                format!(
-                    "{k}={} (got: {})",
-                    show(want.as_ref()),
-                    show(got.as_ref())
-                )
-            })
+            (!same).then(|| format!("{k}={} (got: {})", show(want.as_ref()), show(got.as_ref())))
         })
         .collect()
 }
@@ -123,7 +117,10 @@ pub fn configure(ctx: &Ctx, tree: &Tree, tree_state: &str) -> Result<Config> {
     let dot_config = build_dir.join(".config");
     let stamp = build_dir.join(".rig-config-key");
     if !(dot_config.is_file() && stamp_matches(&stamp, &key)) {
-        let stage = Stage::start("config", &format!("merging {} onto tinyconfig", names.join(" + ")));
+        let stage = Stage::start(
+            "config",
+            &format!("merging {} onto tinyconfig", names.join(" + ")),
+        );
         merge(ctx, tree, &build_dir, &frags)?;
         stage.done(&format!("{}", dot_config.display()));
     }
@@ -195,7 +192,8 @@ mod tests {
 
     #[test]
     fn parses_set_unset_and_strings() {
-        let o = parse("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=\"x y\"\n# comment\nCONFIG_D=64\n");
+        let o =
+            parse("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=\"x y\"\n# comment\nCONFIG_D=64\n");
         assert_eq!(o["CONFIG_A"].as_deref(), Some("y"));
         assert_eq!(o["CONFIG_B"], None);
         assert_eq!(o["CONFIG_C"].as_deref(), Some("\"x y\""));
@@ -205,7 +203,9 @@ mod tests {
 
     #[test]
     fn names_every_dropped_option() {
-        let req = parse("CONFIG_TMPFS=y\nCONFIG_SHMEM=y\nCONFIG_NR_CPUS=8\n# CONFIG_X is not set\nCONFIG_Y=n\n");
+        let req = parse(
+            "CONFIG_TMPFS=y\nCONFIG_SHMEM=y\nCONFIG_NR_CPUS=8\n# CONFIG_X is not set\nCONFIG_Y=n\n",
+        );
         let fin = parse("CONFIG_SHMEM=y\nCONFIG_NR_CPUS=64\nCONFIG_X=y\n");
         assert_eq!(
             dropped(&req, &fin),
@@ -219,9 +219,17 @@ mod tests {
 
     #[test]
     fn base_fragment_parses_and_asks_for_the_essentials() {
-        let text = std::fs::read_to_string(crate::context::repo_root().join("kconfigs/base.config")).unwrap();
+        let text =
+            std::fs::read_to_string(crate::context::repo_root().join("kconfigs/base.config"))
+                .unwrap();
         let o = parse(&text);
-        for k in ["CONFIG_SMP", "CONFIG_BPF_SYSCALL", "CONFIG_DEBUG_INFO_BTF", "CONFIG_PANIC_ON_OOPS", "CONFIG_PVH"] {
+        for k in [
+            "CONFIG_SMP",
+            "CONFIG_BPF_SYSCALL",
+            "CONFIG_DEBUG_INFO_BTF",
+            "CONFIG_PANIC_ON_OOPS",
+            "CONFIG_PVH",
+        ] {
             assert_eq!(o.get(k).cloned().flatten().as_deref(), Some("y"), "{k}");
         }
     }

@@ -2,15 +2,15 @@
 
 mod accel;
 mod console;
-mod cpio;
 mod context;
+mod cpio;
 mod flags;
 mod hashing;
 mod image;
 mod kbuild;
 mod kconfig;
-mod lock;
 mod ktap;
+mod lock;
 mod patches;
 mod pgroup;
 mod progress;

@@ -64,7 +64,9 @@ pub fn apply(tree: &Tree, series: &Series) -> Result<()> {
     let sh = Shell::new()?;
     let path = &tree.path;
     let branch = format!("rig/{}", series.name);
-    let stamp = path.join(".git").join(format!("rig-applied-{}", series.name));
+    let stamp = path
+        .join(".git")
+        .join(format!("rig-applied-{}", series.name));
     let key = series.key()?;
     let head = cmd!(sh, "git -C {path} symbolic-ref -q HEAD")
         .quiet()
@@ -115,8 +117,12 @@ pub fn apply(tree: &Tree, series: &Series) -> Result<()> {
         if !out.status.success() {
             let log = String::from_utf8_lossy(&out.stdout).into_owned();
             let _ = cmd!(sh, "git -C {path} am --abort").quiet().run();
-            let _ = cmd!(sh, "git -C {path} checkout -q -f {BASELINE_TAG}").quiet().run();
-            let _ = cmd!(sh, "git -C {path} branch -q -D {branch}").quiet().run();
+            let _ = cmd!(sh, "git -C {path} checkout -q -f {BASELINE_TAG}")
+                .quiet()
+                .run();
+            let _ = cmd!(sh, "git -C {path} branch -q -D {branch}")
+                .quiet()
+                .run();
             bail!(
                 "applying {} (patch {} of {}): {}\n(the tree is back at {BASELINE_TAG}, clean)",
                 patch.display(),

@@ -73,14 +73,20 @@ impl Streamed {
             .reader()
             .context("spawning the command")?;
         let handle = Arc::new(handle);
-        let pid = *handle.pids().first().context("spawned command has no pid")?;
+        let pid = *handle
+            .pids()
+            .first()
+            .context("spawned command has no pid")?;
         let (tx, rx) = mpsc::channel();
         let reader = Arc::clone(&handle);
         std::thread::spawn(move || {
             let buf = BufReader::new(&*reader);
             for line in buf.split(b'\n') {
                 let Ok(line) = line else { break };
-                if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
+                if tx
+                    .send(String::from_utf8_lossy(&line).into_owned())
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -109,7 +115,8 @@ impl Drop for Streamed {
             return;
         }
         let handle = Arc::clone(&self.handle);
-        self.group
-            .terminate(Duration::from_secs(2), &|| matches!(handle.try_wait(), Ok(Some(_))));
+        self.group.terminate(Duration::from_secs(2), &|| {
+            matches!(handle.try_wait(), Ok(Some(_)))
+        });
     }
 }

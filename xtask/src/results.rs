@@ -109,7 +109,8 @@ pub fn compare_snapshot(repo: &Path, series: &str, content: &str, accept: bool) 
 pub fn write_junit(dir: &Path, info: &RunInfo, report: &Report, splats: &[Splat]) -> Result<()> {
     let counts = report.counts();
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let failures = counts.failed + counts.crashed + counts.not_run + usize::from(!splats.is_empty());
+    let failures =
+        counts.failed + counts.crashed + counts.not_run + usize::from(!splats.is_empty());
     x.push_str(&format!(
         "<testsuites><testsuite name=\"bpf-selftests.{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{:.3}\">\n",
         esc(&info.series),
@@ -168,6 +169,9 @@ fn esc(s: &str) -> String {
 mod tests {
     #[test]
     fn escapes_xml() {
-        assert_eq!(super::esc("a<b & \"c\"\u{1b}"), "a&lt;b &amp; &quot;c&quot;");
+        assert_eq!(
+            super::esc("a<b & \"c\"\u{1b}"),
+            "a&lt;b &amp; &quot;c&quot;"
+        );
     }
 }

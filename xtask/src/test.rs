@@ -133,7 +133,10 @@ fn run_all(f: BootFlags, snapshot: Option<bool>) -> Result<i32> {
     };
     std::fs::write(
         run_dir.join("qemu.cmdline"),
-        format!("qemu-system-x86_64 {}\n", shell_words(&crate::vm::qemu::args(&spec))),
+        format!(
+            "qemu-system-x86_64 {}\n",
+            shell_words(&crate::vm::qemu::args(&spec))
+        ),
     )?;
     let limits = Limits {
         boot: Duration::from_secs(f.boot_timeout),
@@ -171,7 +174,10 @@ fn run_all(f: BootFlags, snapshot: Option<bool>) -> Result<i32> {
     if !clean_exit && !matches!(out.ending, Ending::Panicked) {
         let err = out.qemu_stderr.trim();
         if !err.is_empty() {
-            problems.push(format!("QEMU said: {}", err.lines().take(5).collect::<Vec<_>>().join(" | ")));
+            problems.push(format!(
+                "QEMU said: {}",
+                err.lines().take(5).collect::<Vec<_>>().join(" | ")
+            ));
         }
     }
     let info = results::RunInfo {
@@ -186,10 +192,19 @@ fn run_all(f: BootFlags, snapshot: Option<bool>) -> Result<i32> {
         wall_s: started.elapsed().as_secs_f64(),
         boot_to_first_ktap_s: out.first_ktap.map(|d| d.as_secs_f64()),
     };
-    let tests_ok = clean_exit && report.all_passed() && !report.tests.is_empty();
+    // Skipped is not passed: a run with a skip does not exit 0.
+    let tests_ok = clean_exit
+        && report.all_passed()
+        && report.counts().skipped == 0
+        && !report.tests.is_empty();
     let snapshot_ok = match snapshot {
         Some(accept) if f.filter.is_none() => {
-            let ok = results::compare_snapshot(&p.ctx.repo, &series, &results::normalized(&report), accept)?;
+            let ok = results::compare_snapshot(
+                &p.ctx.repo,
+                &series,
+                &results::normalized(&report),
+                accept,
+            )?;
             if !ok {
                 problems.push(format!(
                     "results differ from the snapshot bpf-selftests/snapshots/results@{series}.snap \
@@ -205,7 +220,14 @@ fn run_all(f: BootFlags, snapshot: Option<bool>) -> Result<i32> {
         None => true,
     };
     let passed = tests_ok && splats.is_empty() && snapshot_ok && problems.is_empty();
-    let verdict = verdict_line(passed, &out.ending, &limits, &report, &splats, panic.as_deref());
+    let verdict = verdict_line(
+        passed,
+        &out.ending,
+        &limits,
+        &report,
+        &splats,
+        panic.as_deref(),
+    );
     let counts = report.counts();
     results::write_yaml(
         &run_dir,
@@ -249,7 +271,11 @@ fn verdict_line(
         why.push(ending.describe(limits));
     }
     if !splats.is_empty() {
-        why.push(format!("{} splat(s) in the console, first: {}", splats.len(), splats[0].title));
+        why.push(format!(
+            "{} splat(s) in the console, first: {}",
+            splats.len(),
+            splats[0].title
+        ));
     }
     if why.is_empty() {
         why.push("results".to_string());
@@ -264,7 +290,12 @@ fn print_table(report: &ktap::Report, splats: &[console::Splat], problems: &[Str
         let time = t
             .duration_ms
             .map_or("-".to_string(), |ms| fmt_secs(Duration::from_millis(ms)));
-        println!("{:<40} {:<8} {:>9}", t.name, results::status_name(t.status), time);
+        println!(
+            "{:<40} {:<8} {:>9}",
+            t.name,
+            results::status_name(t.status),
+            time
+        );
         if !matches!(t.status, Status::Passed) {
             for d in t.diagnostics.iter().take(10) {
                 println!("    # {d}");
@@ -286,7 +317,9 @@ fn print_table(report: &ktap::Report, splats: &[console::Splat], problems: &[Str
 fn shell_words(args: &[String]) -> String {
     args.iter()
         .map(|a| {
-            if a.chars().all(|c| c.is_ascii_alphanumeric() || "-_=.,:/@+".contains(c)) {
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_=.,:/@+".contains(c))
+            {
                 a.clone()
             } else {
                 format!("'{}'", a.replace('\'', "'\\''"))

@@ -33,8 +33,8 @@ pub struct Tree {
 impl KernelLock {
     pub fn load(repo: &Path) -> Result<KernelLock> {
         let path = repo.join("kernel.lock");
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 }
@@ -49,11 +49,14 @@ pub fn prepare(ctx: &Ctx) -> Result<Tree> {
     let path = ctx.dir("src")?.join(&label);
     let sh = Shell::new()?;
     if path.join(".git").is_dir()
-        && cmd!(sh, "git -C {path} rev-parse -q --verify refs/tags/{BASELINE_TAG}")
-            .quiet()
-            .ignore_stdout()
-            .run()
-            .is_ok()
+        && cmd!(
+            sh,
+            "git -C {path} rev-parse -q --verify refs/tags/{BASELINE_TAG}"
+        )
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .is_ok()
     {
         return Ok(Tree {
             path,
@@ -115,14 +118,17 @@ fn fetch_tarball(ctx: &Ctx, sh: &Shell, lock: &KernelLock) -> Result<PathBuf> {
         if !deb.is_file() {
             let spec = format!("{}={}", lock.package, lock.version);
             let _dir = sh.push_dir(&cache);
-            cmd!(sh, "apt-get download -q {spec}").quiet().run().with_context(|| {
-                format!(
+            cmd!(sh, "apt-get download -q {spec}")
+                .quiet()
+                .run()
+                .with_context(|| {
+                    format!(
                     "`apt-get download {spec}` failed: the version pinned in kernel.lock is not \
                      in the package lists. Run `apt-get update`, then `apt-cache madison {}` to \
                      see the versions on offer, and update kernel.lock if the pin moved",
                     lock.package
                 )
-            })?;
+                })?;
             let downloaded = std::fs::read_dir(&cache)?
                 .filter_map(|e| e.ok())
                 .map(|e| e.path())
@@ -182,7 +188,9 @@ fn import(sh: &Shell, lock: &KernelLock, tarball: &Path, dest: &Path) -> Result<
         lock.package, lock.version, lock.sha256
     );
     let _dir = sh.push_dir(&tmp);
-    cmd!(sh, "git init -q -b rig-baseline-branch").quiet().run()?;
+    cmd!(sh, "git init -q -b rig-baseline-branch")
+        .quiet()
+        .run()?;
     for (k, v) in [
         ("user.name", "rig"),
         ("user.email", "rig@localhost"),

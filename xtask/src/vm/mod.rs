@@ -4,7 +4,7 @@
 pub mod qemu;
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,13 +23,19 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
     /// The guest rebooted (our init's `reboot -f`) and QEMU exited by itself.
-    Exited { code: Option<i32> },
+    Exited {
+        code: Option<i32>,
+    },
     /// The console shows a kernel panic.
     Panicked,
     BootTimeout,
     Silence,
-    TestTimeout { test: String },
-    Interrupted { signal: String },
+    TestTimeout {
+        test: String,
+    },
+    Interrupted {
+        signal: String,
+    },
 }
 
 pub struct Outcome {
@@ -94,7 +100,6 @@ impl Tail {
             return false;
         }
         self.text.push_str(&String::from_utf8_lossy(&buf));
-        let _ = f.seek(SeekFrom::Current(0));
         true
     }
 }
@@ -161,7 +166,10 @@ pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, quiet: bool) -> Re
                 signal: sig.to_string(),
             };
         }
-        if got_console && panic_seen.is_none() && crate::console::panic_message(&console.text).is_some() {
+        if got_console
+            && panic_seen.is_none()
+            && crate::console::panic_message(&console.text).is_some()
+        {
             panic_seen = Some(Instant::now());
         }
         // panic=-1 makes QEMU exit by itself; give it a moment, then end it.
@@ -196,7 +204,10 @@ pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, quiet: bool) -> Re
 
 /// Prints each new KTAP result line as it arrives.
 fn show_results(text: &str, shown: usize) -> usize {
-    let complete: Vec<&str> = text.split_inclusive('\n').filter(|l| l.ends_with('\n')).collect();
+    let complete: Vec<&str> = text
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .collect();
     for line in complete.iter().skip(shown) {
         let l = line.trim_end();
         if l.starts_with("ok ") || l.starts_with("not ok ") {
@@ -215,7 +226,8 @@ struct Guard<'a> {
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
         let handle = self.handle;
-        self.group
-            .terminate(Duration::from_secs(1), &|| matches!(handle.try_wait(), Ok(Some(_))));
+        self.group.terminate(Duration::from_secs(1), &|| {
+            matches!(handle.try_wait(), Ok(Some(_)))
+        });
     }
 }

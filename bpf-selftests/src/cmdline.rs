@@ -1,0 +1,118 @@
+//! Runner configuration from the kernel command line and argv.
+
+use std::fs;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+/// Where the host installs the compiled BPF objects in the guest.
+pub const DEFAULT_BPF_DIR: &str = "/lib/bpf-selftests";
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `rig.cpus=N`: how many vCPUs the host asked for.
+    pub cpus: Option<usize>,
+    /// `rig.filter=S` / `--filter S`: run only tests whose name contains S.
+    pub filter: Option<String>,
+    /// `--ktap PATH`: write KTAP here instead of the virtio port.
+    pub ktap: Option<PathBuf>,
+    /// `--bpf-dir DIR`: where `<name>.bpf.o` files live.
+    pub bpf_dir: PathBuf,
+    /// `--list`: print the test names and exit.
+    pub list: bool,
+    /// `--libbpf-debug`: libbpf's debug log to stderr.
+    pub libbpf_debug: bool,
+}
+
+pub const USAGE: &str =
+    "usage: bpf-selftests [--ktap PATH] [--bpf-dir DIR] [--filter SUBSTR] [--list] [--libbpf-debug]
+Reads rig.cpus=N and rig.filter=SUBSTR from /proc/cmdline; --filter overrides rig.filter.";
+
+impl Config {
+    /// /proc/cmdline (if readable) overlaid with command line arguments.
+    pub fn load() -> Result<Config> {
+        let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let mut cfg = Config::from_cmdline(&cmdline)?;
+        cfg.apply_args(std::env::args().skip(1))?;
+        Ok(cfg)
+    }
+
+    pub fn from_cmdline(cmdline: &str) -> Result<Config> {
+        let mut cfg = Config {
+            bpf_dir: PathBuf::from(DEFAULT_BPF_DIR),
+            ..Config::default()
+        };
+        for word in cmdline.split_whitespace() {
+            if let Some(v) = word.strip_prefix("rig.cpus=") {
+                let n = v
+                    .parse()
+                    .with_context(|| format!("bad rig.cpus={v:?} on the kernel command line"))?;
+                cfg.cpus = Some(n);
+            } else if let Some(v) = word.strip_prefix("rig.filter=") {
+                cfg.filter = (!v.is_empty()).then(|| v.to_string());
+            }
+        }
+        Ok(cfg)
+    }
+
+    pub fn apply_args(&mut self, args: impl IntoIterator<Item = String>) -> Result<()> {
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let mut value = |flag: &str| {
+                args.next()
+                    .with_context(|| format!("{flag} needs a value\n{USAGE}"))
+            };
+            match arg.as_str() {
+                "--ktap" => self.ktap = Some(PathBuf::from(value("--ktap")?)),
+                "--bpf-dir" => self.bpf_dir = PathBuf::from(value("--bpf-dir")?),
+                "--filter" => self.filter = Some(value("--filter")?),
+                "--list" => self.list = true,
+                "--libbpf-debug" => self.libbpf_debug = true,
+                "-h" | "--help" => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
+                other => bail!("unknown argument {other:?}\n{USAGE}"),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn selects(&self, name: &str) -> bool {
+        self.filter.as_deref().is_none_or(|f| name.contains(f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rig_params() {
+        let c =
+            Config::from_cmdline("console=ttyS0 panic=-1 rig.cpus=4 rig.filter=hash\n").unwrap();
+        assert_eq!(c.cpus, Some(4));
+        assert_eq!(c.filter.as_deref(), Some("hash"));
+        assert!(c.selects("hash_no_prealloc_all_cpus"));
+        assert!(!c.selects("cpus_online"));
+        assert_eq!(c.bpf_dir, PathBuf::from(DEFAULT_BPF_DIR));
+    }
+
+    #[test]
+    fn no_params() {
+        let c = Config::from_cmdline("console=ttyS0").unwrap();
+        assert_eq!(c.cpus, None);
+        assert!(c.selects("anything"));
+        assert!(Config::from_cmdline("rig.cpus=four").is_err());
+    }
+
+    #[test]
+    fn args_override() {
+        let mut c = Config::from_cmdline("rig.filter=a").unwrap();
+        c.apply_args(["--filter", "b", "--ktap", "/tmp/k"].map(String::from))
+            .unwrap();
+        assert_eq!(c.filter.as_deref(), Some("b"));
+        assert_eq!(c.ktap, Some(PathBuf::from("/tmp/k")));
+        assert!(c.apply_args(["--bogus".to_string()]).is_err());
+    }
+}
