@@ -22,6 +22,8 @@ pub struct Config {
     pub list: bool,
     /// `--libbpf-debug`: libbpf's debug log to stderr.
     pub libbpf_debug: bool,
+    /// `rig.fault=NAME`: run only the test-only fault NAME (see tests/faults.rs).
+    pub fault: Option<String>,
 }
 
 pub const USAGE: &str =
@@ -50,6 +52,8 @@ impl Config {
                 cfg.cpus = Some(n);
             } else if let Some(v) = word.strip_prefix("rig.filter=") {
                 cfg.filter = (!v.is_empty()).then(|| v.to_string());
+            } else if let Some(v) = word.strip_prefix("rig.fault=") {
+                cfg.fault = (!v.is_empty()).then(|| v.to_string());
             }
         }
         Ok(cfg)

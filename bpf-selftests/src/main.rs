@@ -35,5 +35,9 @@ fn real_main() -> Result<bool> {
     }
     let ktap = ktap::Ktap::open(cfg.ktap.as_deref())?.install();
     bpf::forward_libbpf_log(cfg.libbpf_debug);
-    Ok(runner::run(ktap, &cfg, tests::ALL))
+    let table = match &cfg.fault {
+        Some(name) => tests::fault(name)?,
+        None => tests::ALL,
+    };
+    Ok(runner::run(ktap, &cfg, table))
 }

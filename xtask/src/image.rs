@@ -84,14 +84,12 @@ pub fn build(ctx: &Ctx, tree: &Tree, kernel: &Kernel) -> Result<Image> {
 fn add_file(archive: &mut Archive, guest: &str, src: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let data = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
-    let meta = std::fs::metadata(src)?;
-    archive.add(
-        guest,
-        Entry::File {
-            data,
-            mode: meta.permissions().mode() & 0o777,
-        },
-    );
+    let mut mode = std::fs::metadata(src)?.permissions().mode() & 0o777;
+    // Scripts and binaries run in the guest whatever their mode in a checkout.
+    if data.starts_with(b"#!") || data.starts_with(b"\x7fELF") {
+        mode |= 0o555;
+    }
+    archive.add(guest, Entry::File { data, mode });
     Ok(())
 }
 

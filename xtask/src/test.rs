@@ -243,8 +243,20 @@ fn run_all(f: BootFlags, snapshot: Option<bool>) -> Result<i32> {
     )?;
     results::write_junit(&run_dir, &info, &report, &splats)?;
     print_table(&report, &splats, &problems);
-    println!("{verdict}");
     println!("run dir: {}", run_dir.display());
+    println!("{verdict}");
+    // The closing line CI readers look for: crashed and not-run tests count as
+    // failed, and a run that failed with every test passed (a splat, a snapshot
+    // mismatch) counts one failure so the line never reads as a pass.
+    let c = report.counts();
+    let failed = c.failed
+        + c.crashed
+        + c.not_run
+        + usize::from(!passed && c.failed + c.crashed + c.not_run == 0);
+    println!(
+        "selftests: {} passed, {failed} failed, {} skipped",
+        c.passed, c.skipped
+    );
     Ok(if passed { 0 } else { 1 })
 }
 

@@ -2,7 +2,10 @@
 //! module here and listing it below; names are snake_case and unique.
 
 mod baseline;
+mod faults;
 mod hash_no_prealloc;
+
+use anyhow::{bail, Result};
 
 use crate::runner::Test;
 
@@ -21,6 +24,20 @@ pub const ALL: &[Test] = &[
     },
 ];
 
+/// The one test-only fault `rig.fault=<name>` asks for.
+pub fn fault(name: &str) -> Result<&'static [Test]> {
+    match faults::ALL.iter().position(|t| t.name == name) {
+        Some(i) => Ok(&faults::ALL[i..=i]),
+        None => {
+            let known: Vec<&str> = faults::ALL.iter().map(|t| t.name).collect();
+            bail!(
+                "rig.fault={name}: no such fault (known: {})",
+                known.join(", ")
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod table {
     use super::ALL;
@@ -28,7 +45,7 @@ mod table {
     #[test]
     fn names_are_unique_snake_case() {
         let mut seen = std::collections::BTreeSet::new();
-        for t in ALL {
+        for t in ALL.iter().chain(super::faults::ALL) {
             assert!(
                 t.name
                     .bytes()
