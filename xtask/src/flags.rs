@@ -34,13 +34,14 @@ pub enum Cmd {
 
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Patch series under patches/ to apply.
+    /// Patch series to apply: a name under patches/, or a path to a series dir.
     #[arg(long, default_value = "global-ma")]
     pub series: String,
     /// Use this kernel git checkout as it is, instead of the pinned tree + series.
     #[arg(long)]
     pub tree: Option<PathBuf>,
-    /// Extra kconfig fragment from kconfigs/ (repeatable; base is always applied).
+    /// Extra kconfig fragment: a name in kconfigs/ or a path to a .config file
+    /// (repeatable; base is always applied).
     #[arg(long = "config", value_name = "NAME")]
     pub configs: Vec<String>,
     /// Where stages keep their artefacts.
@@ -76,6 +77,9 @@ pub struct BootFlags {
     /// Run only the selftests whose name contains this.
     #[arg(long)]
     pub filter: Option<String>,
+    /// Extra words for the guest kernel command line (repeatable).
+    #[arg(long = "append", value_name = "WORD")]
+    pub append: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -34,6 +34,17 @@ pub fn fragments(ctx: &Ctx) -> Result<Vec<(String, PathBuf)>> {
     names
         .into_iter()
         .map(|n| {
+            if n.contains('/') {
+                let p = std::path::absolute(&n).with_context(|| format!("--config {n}"))?;
+                let stem = p
+                    .file_stem()
+                    .map_or_else(|| n.clone(), |s| s.to_string_lossy().into_owned());
+                return if p.is_file() {
+                    Ok((stem, p))
+                } else {
+                    bail!("--config {n}: no such file")
+                };
+            }
             let p = ctx.repo.join("kconfigs").join(format!("{n}.config"));
             if p.is_file() {
                 Ok((n, p))

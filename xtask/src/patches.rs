@@ -16,9 +16,23 @@ pub struct Series {
     pub patches: Vec<PathBuf>,
 }
 
+/// `--series` is a name under patches/ or a path to a series dir; the
+/// branch and reports use the dir's last component.
+pub fn series_name(arg: &str) -> String {
+    Path::new(arg)
+        .file_name()
+        .map_or_else(|| arg.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 impl Series {
-    pub fn load(repo: &Path, name: &str) -> Result<Series> {
-        let dir = repo.join("patches").join(name);
+    pub fn load(repo: &Path, arg: &str) -> Result<Series> {
+        let name = series_name(arg);
+        let name = name.as_str();
+        let dir = if arg.contains('/') {
+            std::path::absolute(arg).with_context(|| format!("--series {arg}"))?
+        } else {
+            repo.join("patches").join(arg)
+        };
         let list = dir.join("series");
         let text = std::fs::read_to_string(&list).with_context(|| {
             format!(
@@ -139,7 +153,7 @@ pub fn apply(tree: &Tree, series: &Series) -> Result<()> {
 
 /// Names the file and hunk that did not apply, from `patch --dry-run`.
 fn describe_failure(tree: &Path, patch: &Path, am_log: &str) -> String {
-    let dry = duct::cmd!("patch", "-p1", "--dry-run", "-f", "-i", patch)
+    let dry = duct::cmd!("patch", "-p1", "--dry-run", "--fuzz=0", "-f", "-i", patch)
         .dir(tree)
         .stderr_to_stdout()
         .stdout_capture()

@@ -32,7 +32,7 @@ impl Pipeline {
         if self.ctx.common.tree.is_some() {
             "user-tree".to_string()
         } else {
-            self.ctx.common.series.clone()
+            patches::series_name(&self.ctx.common.series)
         }
     }
 
@@ -121,6 +121,7 @@ fn run_all(f: BootFlags, snapshot: Option<bool>) -> Result<i32> {
     if let Some(filter) = &f.filter {
         cmdline.push(format!("rig.filter={filter}"));
     }
+    cmdline.extend(f.append.iter().cloned());
     let spec = VmSpec {
         kernel: kernel.vmlinux.clone(),
         initrd: image.initramfs.clone(),
@@ -198,7 +199,7 @@ fn run_all(f: BootFlags, snapshot: Option<bool>) -> Result<i32> {
         && report.counts().skipped == 0
         && !report.tests.is_empty();
     let snapshot_ok = match snapshot {
-        Some(accept) if f.filter.is_none() => {
+        Some(accept) if f.filter.is_none() && f.append.is_empty() => {
             let ok = results::compare_snapshot(
                 &p.ctx.repo,
                 &series,
@@ -214,7 +215,7 @@ fn run_all(f: BootFlags, snapshot: Option<bool>) -> Result<i32> {
             ok
         }
         Some(_) => {
-            eprintln!("[report] --filter given: snapshot not compared");
+            eprintln!("[report] --filter or --append given: snapshot not compared");
             true
         }
         None => true,
