@@ -62,6 +62,7 @@ pub fn make(ctx: &Ctx, tree: &Tree, build_dir: &Path, targets: &[&str]) -> Resul
         .run()
         .with_context(|| format!("running make {}", targets.join(" ")))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    signals::check().with_context(|| format!("make {}", targets.join(" ")))?;
     if !out.status.success() {
         bail!("make {} failed:\n{}", targets.join(" "), text.trim_end());
     }

@@ -109,7 +109,26 @@ pub fn dropped(requested: &Options, fin: &Options) -> Vec<String> {
         .collect()
 }
 
-pub fn configure(ctx: &Ctx, tree: &Tree, tree_state: &str) -> Result<Config> {
+/// What olddefconfig's answer depends on besides the fragments: every
+/// Kconfig file (committed blobs plus uncommitted edits) and the compiler.
+/// Narrower than the whole tree state, so editing a .c file does not re-merge.
+fn kconfig_state(tree: &Tree) -> Result<String> {
+    let spec = ":(glob)**/Kconfig*";
+    let blobs = duct::cmd!("git", "-C", &tree.path, "ls-files", "-s", "--", spec)
+        .stdout_capture()
+        .run()
+        .context("listing the tree's Kconfig files")?;
+    let diff = duct::cmd!("git", "-C", &tree.path, "diff", "HEAD", "--", spec)
+        .stdout_capture()
+        .run()
+        .context("diffing the tree's Kconfig files")?;
+    let gcc = duct::cmd!("gcc", "--version").read().unwrap_or_default();
+    let mut key = Key::new("kconfig-state");
+    key.bytes(&blobs.stdout).bytes(&diff.stdout).str(&gcc);
+    Ok(key.finish())
+}
+
+pub fn configure(ctx: &Ctx, tree: &Tree) -> Result<Config> {
     let frags = fragments(ctx)?;
     let names: Vec<String> = frags.iter().map(|(n, _)| n.clone()).collect();
     let build_dir = ctx
@@ -117,7 +136,7 @@ pub fn configure(ctx: &Ctx, tree: &Tree, tree_state: &str) -> Result<Config> {
         .join(format!("{}-{}", tree.label, names.join("+")));
     std::fs::create_dir_all(&build_dir)?;
     let mut key = Key::new("config");
-    key.str(tree_state);
+    key.str(&kconfig_state(tree)?);
     let mut requested = Options::new();
     for (_, p) in &frags {
         key.file(p)?;

@@ -51,8 +51,8 @@ impl Pipeline {
 
     fn configured(&self) -> Result<(Tree, kconfig::Config, String)> {
         let tree = self.applied()?;
+        let config = kconfig::configure(&self.ctx, &tree)?;
         let state = kbuild::tree_state(&tree)?;
-        let config = kconfig::configure(&self.ctx, &tree, &state)?;
         Ok((tree, config, state))
     }
 

@@ -363,7 +363,10 @@ fn ctrl_c_during_build_leaves_no_make_behind() {
     let child = spawn(&["build", "--series", "test_data/series/touch"]);
     let pgid = Pid::from_raw(child.child.id() as i32);
     let deadline = Instant::now() + Duration::from_secs(300);
-    while !orphans().iter().any(|p| p.contains(": make")) {
+    while !orphans()
+        .iter()
+        .any(|p| p.contains(": make") && p.contains(" bzImage"))
+    {
         assert!(Instant::now() < deadline, "make never started");
         std::thread::sleep(Duration::from_millis(50));
     }
