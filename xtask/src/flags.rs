@@ -30,6 +30,36 @@ pub enum Cmd {
     Image(Common),
     /// Boot the kernel and run the selftests; print the verdict (no snapshot).
     Boot(BootFlags),
+    /// Every patch of the series in turn: checkpatch --strict, build, and with
+    /// --boot the selftests that exist at that point.
+    CheckSeries(CheckSeriesFlags),
+    /// Find the first bad patch of the series (or commit, with --tree) for a
+    /// failing selftest or a console splat.
+    Bisect(BisectFlags),
+    /// One `git bisect run` step (used by bisect): 0 good, 1 bad, 125 skip.
+    #[command(hide = true)]
+    BisectStep(BootFlags),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckSeriesFlags {
+    #[command(flatten)]
+    pub boot_flags: BootFlags,
+    /// Also boot each patch and run the selftests.
+    #[arg(long)]
+    pub boot: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BisectFlags {
+    #[command(flatten)]
+    pub boot: BootFlags,
+    /// Known good revision (with --tree; default for the series: the baseline).
+    #[arg(long)]
+    pub good: Option<String>,
+    /// Known bad revision (with --tree: default HEAD; for the series: its last patch).
+    #[arg(long)]
+    pub bad: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -12,6 +12,8 @@ use crate::kbuild::Kernel;
 use crate::progress::Stage;
 use crate::tree::Tree;
 
+const CLANG: &str = "clang-16";
+
 pub struct Image {
     pub initramfs: PathBuf,
 }
@@ -123,7 +125,9 @@ fn elf_has_interp(data: &[u8]) -> bool {
 
 /// vmlinux.h and bpf_helper_defs.h for this kernel, then each progs/*.bpf.c.
 fn bpf_objects(ctx: &Ctx, tree: &Tree, kernel: &Kernel) -> Result<Vec<PathBuf>> {
-    require_tool("clang", "clang")?;
+    // clang 14 (Debian 12's default) drops btf_type_tag from BTF, so
+    // `__kptr_ref` fields would silently lose their tag.
+    require_tool(CLANG, "clang-16")?;
     require_tool("bpftool", "bpftool")?;
     require_tool("python3", "python3")?;
     let out = kernel.build_dir.join("rig-bpf");

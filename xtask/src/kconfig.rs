@@ -24,7 +24,23 @@ pub struct Config {
 /// `None` means "is not set".
 pub type Options = BTreeMap<String, Option<String>>;
 
+/// base, each `--config`, and the series' own `series.config` if it has one
+/// (named after the series; it does not get a build dir of its own).
 pub fn fragments(ctx: &Ctx) -> Result<Vec<(String, PathBuf)>> {
+    let mut frags = named_fragments(ctx)?;
+    if ctx.common.tree.is_none() {
+        let series = crate::patches::Series::dir(&ctx.repo, &ctx.common.series)?;
+        let own = series.join("series.config");
+        if own.is_file() {
+            frags.push((SERIES_FRAGMENT.to_string(), own));
+        }
+    }
+    Ok(frags)
+}
+
+const SERIES_FRAGMENT: &str = "series";
+
+fn named_fragments(ctx: &Ctx) -> Result<Vec<(String, PathBuf)>> {
     let mut names = vec!["base".to_string()];
     for n in &ctx.common.configs {
         if !names.contains(n) {
@@ -128,12 +144,26 @@ fn kconfig_state(tree: &Tree) -> Result<String> {
     Ok(key.finish())
 }
 
-pub fn configure(ctx: &Ctx, tree: &Tree) -> Result<Config> {
+/// Whether a requested option the tree does not define at all is an error
+/// (`Strict`, a normal run) or a note (`Lenient`: a patch of a series checked
+/// before the patch that adds the option).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Strict,
+    Lenient,
+}
+
+pub fn configure(ctx: &Ctx, tree: &Tree, check: Check) -> Result<Config> {
     let frags = fragments(ctx)?;
     let names: Vec<String> = frags.iter().map(|(n, _)| n.clone()).collect();
+    let dir_names: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != SERIES_FRAGMENT)
+        .collect();
     let build_dir = ctx
         .dir("build")?
-        .join(format!("{}-{}", tree.label, names.join("+")));
+        .join(format!("{}-{}", tree.label, dir_names.join("+")));
     std::fs::create_dir_all(&build_dir)?;
     let mut key = Key::new("config");
     key.str(&kconfig_state(tree)?);
@@ -156,7 +186,17 @@ pub fn configure(ctx: &Ctx, tree: &Tree) -> Result<Config> {
     }
     let final_text = std::fs::read_to_string(&dot_config)
         .with_context(|| format!("reading {}", dot_config.display()))?;
-    let lost = dropped(&requested, &parse(&final_text));
+    let mut lost = dropped(&requested, &parse(&final_text));
+    if check == Check::Lenient {
+        lost.retain(|line| {
+            let sym = line.split('=').next().unwrap_or("");
+            let defined = defined_in_tree(tree, sym);
+            if !defined {
+                eprintln!("[config] note: {sym} is not defined in this tree (yet); skipped");
+            }
+            defined
+        });
+    }
     if !lost.is_empty() {
         let _ = std::fs::remove_file(&stamp);
         bail!(
@@ -178,6 +218,27 @@ pub fn configure(ctx: &Ctx, tree: &Tree) -> Result<Config> {
         names,
         hash: h.finish(),
     })
+}
+
+fn defined_in_tree(tree: &Tree, sym: &str) -> bool {
+    let name = sym.trim_start_matches("CONFIG_");
+    let pattern = format!("^[[:space:]]*(menu)?config {name}$");
+    duct::cmd!(
+        "git",
+        "-C",
+        &tree.path,
+        "grep",
+        "-q",
+        "-E",
+        pattern,
+        "--",
+        ":(glob)**/Kconfig*"
+    )
+    .stdout_null()
+    .stderr_null()
+    .unchecked()
+    .run()
+    .is_ok_and(|o| o.status.success())
 }
 
 /// Writes build_dir/.config, touching it only when its content changes so

@@ -8,6 +8,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 
+/// Set for child processes that run under their parent's lock (bisect steps).
+pub const HELD_BY_PARENT: &str = "RIG_LOCK_HELD_BY_PARENT";
+
 pub struct WorkLock {
     _lock: Flock<File>,
 }

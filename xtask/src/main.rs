@@ -1,6 +1,7 @@
 //! `cargo xtask`: the rig's orchestrator. This file only dispatches.
 
 mod accel;
+mod bisect;
 mod console;
 mod context;
 mod cpio;
@@ -13,8 +14,10 @@ mod ktap;
 mod lock;
 mod patches;
 mod pgroup;
+mod pipeline;
 mod progress;
 mod results;
+mod series_check;
 mod signals;
 mod test;
 mod tree;
@@ -33,6 +36,9 @@ fn main() -> anyhow::Result<()> {
         flags::Cmd::Build(c) => test::stage_build(c),
         flags::Cmd::Image(c) => test::stage_image(c),
         flags::Cmd::Boot(f) => test::stage_boot(f),
+        flags::Cmd::CheckSeries(f) => series_check::run(f),
+        flags::Cmd::Bisect(f) => bisect::run(f),
+        flags::Cmd::BisectStep(f) => bisect::step(f),
     };
     match outcome {
         Ok(code) => std::process::exit(code),

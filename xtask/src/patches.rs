@@ -25,14 +25,19 @@ pub fn series_name(arg: &str) -> String {
 }
 
 impl Series {
+    /// The series dir `--series` names.
+    pub fn dir(repo: &Path, arg: &str) -> Result<PathBuf> {
+        if arg.contains('/') {
+            std::path::absolute(arg).with_context(|| format!("--series {arg}"))
+        } else {
+            Ok(repo.join("patches").join(arg))
+        }
+    }
+
     pub fn load(repo: &Path, arg: &str) -> Result<Series> {
         let name = series_name(arg);
         let name = name.as_str();
-        let dir = if arg.contains('/') {
-            std::path::absolute(arg).with_context(|| format!("--series {arg}"))?
-        } else {
-            repo.join("patches").join(arg)
-        };
+        let dir = Series::dir(repo, arg)?;
         let list = dir.join("series");
         let text = std::fs::read_to_string(&list).with_context(|| {
             format!(

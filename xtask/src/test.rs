@@ -4,70 +4,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::context::Ctx;
 use crate::flags::{BootFlags, Common, TestFlags};
 use crate::image::Image;
 use crate::kbuild::Kernel;
 use crate::ktap::Status;
-use crate::patches::Series;
+use crate::pipeline::Pipeline;
 use crate::progress::fmt_secs;
-use crate::tree::Tree;
 use crate::vm::{Ending, Limits, VmSpec};
-use crate::{accel, console, image, kbuild, kconfig, ktap, lock, patches, results, tree};
-
-struct Pipeline {
-    ctx: Ctx,
-    _lock: lock::WorkLock,
-}
-
-impl Pipeline {
-    fn new(common: Common) -> Result<Pipeline> {
-        let ctx = Ctx::new(common)?;
-        let lock = lock::acquire(&ctx.work)?;
-        Ok(Pipeline { ctx, _lock: lock })
-    }
-
-    /// The series name in reports: `--tree` builds the user's tree as it is.
-    fn series_name(&self) -> String {
-        if self.ctx.common.tree.is_some() {
-            "user-tree".to_string()
-        } else {
-            patches::series_name(&self.ctx.common.series)
-        }
-    }
-
-    fn tree(&self) -> Result<Tree> {
-        tree::prepare(&self.ctx)
-    }
-
-    fn applied(&self) -> Result<Tree> {
-        let tree = self.tree()?;
-        if tree.managed {
-            let series = Series::load(&self.ctx.repo, &self.ctx.common.series)?;
-            patches::apply(&tree, &series)?;
-        }
-        Ok(tree)
-    }
-
-    fn configured(&self) -> Result<(Tree, kconfig::Config, String)> {
-        let tree = self.applied()?;
-        let config = kconfig::configure(&self.ctx, &tree)?;
-        let state = kbuild::tree_state(&tree)?;
-        Ok((tree, config, state))
-    }
-
-    fn built(&self) -> Result<(Tree, kconfig::Config, Kernel)> {
-        let (tree, config, state) = self.configured()?;
-        let kernel = kbuild::build(&self.ctx, &tree, &config, &state)?;
-        Ok((tree, config, kernel))
-    }
-
-    fn imaged(&self) -> Result<(kconfig::Config, Kernel, Image)> {
-        let (tree, config, kernel) = self.built()?;
-        let image = image::build(&self.ctx, &tree, &kernel)?;
-        Ok((config, kernel, image))
-    }
-}
+use crate::{accel, console, kconfig, ktap, results};
 
 pub fn stage_tree(c: Common) -> Result<i32> {
     let t = Pipeline::new(c)?.tree()?;
@@ -108,12 +52,49 @@ pub fn run(f: TestFlags) -> Result<i32> {
     run_all(f.boot, Some(accept))
 }
 
-/// Everything after the image: boot, judge, report. `snapshot` is
-/// `Some(accept)` for `test`, `None` for `boot` (no snapshot comparison).
 fn run_all(f: BootFlags, snapshot: Option<bool>) -> Result<i32> {
     let started = Instant::now();
     let p = Pipeline::new(f.common.clone())?;
     let (config, kernel, image) = p.imaged()?;
+    Ok(boot_and_judge(&p, &f, &config, &kernel, &image, snapshot, started)?.exit_code())
+}
+
+/// What one boot concluded, for callers that go on (check-series, bisect).
+pub struct Summary {
+    pub passed: bool,
+    /// Passed but for skipped tests: what check-series and bisect ask of a
+    /// patch whose selftests' feature arrives in a later patch.
+    pub passed_but_skips: bool,
+    pub verdict: String,
+    /// True when the guest got as far as printing KTAP.
+    pub booted: bool,
+    /// Tests that did not pass, with their first diagnostic lines.
+    pub failing: Vec<String>,
+    pub first_splat: Option<String>,
+    pub run_dir: std::path::PathBuf,
+}
+
+impl Summary {
+    pub fn exit_code(&self) -> i32 {
+        if self.passed {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+/// Everything after the image: boot, judge, report. `snapshot` is
+/// `Some(accept)` for `test`, `None` for `boot` (no snapshot comparison).
+pub fn boot_and_judge(
+    p: &Pipeline,
+    f: &BootFlags,
+    config: &kconfig::Config,
+    kernel: &Kernel,
+    image: &Image,
+    snapshot: Option<bool>,
+    started: Instant,
+) -> Result<Summary> {
     let series = p.series_name();
     let accel = accel::choose(&p.ctx, f.accel, &kernel.vmlinux, &image.initramfs)?;
     let run_dir = results::new_run_dir(&p.ctx.work, &series)?;
@@ -258,7 +239,49 @@ fn run_all(f: BootFlags, snapshot: Option<bool>) -> Result<i32> {
         "selftests: {} passed, {failed} failed, {} skipped",
         c.passed, c.skipped
     );
-    Ok(if passed { 0 } else { 1 })
+    let failing = report
+        .tests
+        .iter()
+        .filter(|t| t.status != Status::Passed)
+        .map(|t| {
+            let why: Vec<&str> = t
+                .diagnostics
+                .iter()
+                .rev()
+                .take(3)
+                .rev()
+                .map(String::as_str)
+                .collect();
+            format!(
+                "{} {}: {}",
+                t.name,
+                results::status_name(t.status),
+                why.join(" | ")
+            )
+        })
+        .collect();
+    let passed_but_skips = clean_exit
+        && report.all_passed()
+        && splats.is_empty()
+        && problems
+            .iter()
+            .all(|p| p.starts_with("results differ from the snapshot"));
+    Ok(Summary {
+        passed,
+        passed_but_skips,
+        verdict,
+        booted: !out.ktap.trim().is_empty(),
+        failing,
+        first_splat: splats.first().map(|s| {
+            s.excerpt
+                .iter()
+                .take(12)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        }),
+        run_dir,
+    })
 }
 
 fn verdict_line(

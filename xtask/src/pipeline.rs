@@ -1,0 +1,84 @@
+//! The stages in order, each built on the one before; every subcommand
+//! stops at the stage it names.
+
+use anyhow::Result;
+
+use crate::context::Ctx;
+use crate::flags::Common;
+use crate::image::Image;
+use crate::kbuild::Kernel;
+use crate::patches::Series;
+use crate::tree::Tree;
+use crate::{image, kbuild, kconfig, lock, patches, tree};
+
+pub struct Pipeline {
+    pub ctx: Ctx,
+    /// Build the managed tree at whatever it has checked out (bisect steps).
+    pub as_is: bool,
+    pub check: crate::kconfig::Check,
+    _lock: Option<lock::WorkLock>,
+}
+
+impl Pipeline {
+    pub fn new(common: Common) -> Result<Pipeline> {
+        let ctx = Ctx::new(common)?;
+        // A bisect step runs under its parent's lock.
+        let lock = if std::env::var_os(lock::HELD_BY_PARENT).is_some() {
+            None
+        } else {
+            Some(lock::acquire(&ctx.work)?)
+        };
+        Ok(Pipeline {
+            ctx,
+            as_is: false,
+            check: crate::kconfig::Check::Strict,
+            _lock: lock,
+        })
+    }
+
+    /// The series name in reports: `--tree` builds the user's tree as it is.
+    pub fn series_name(&self) -> String {
+        if self.ctx.common.tree.is_some() {
+            "user-tree".to_string()
+        } else {
+            patches::series_name(&self.ctx.common.series)
+        }
+    }
+
+    pub fn tree(&self) -> Result<Tree> {
+        tree::prepare(&self.ctx)
+    }
+
+    pub fn applied(&self) -> Result<Tree> {
+        let tree = self.tree()?;
+        if tree.managed && !self.as_is {
+            let series = Series::load(&self.ctx.repo, &self.ctx.common.series)?;
+            patches::apply(&tree, &series)?;
+        }
+        Ok(tree)
+    }
+
+    pub fn configured(&self) -> Result<(Tree, kconfig::Config, String)> {
+        let tree = self.applied()?;
+        let check = if self.as_is {
+            kconfig::Check::Lenient
+        } else {
+            self.check
+        };
+        let config = kconfig::configure(&self.ctx, &tree, check)?;
+        let state = kbuild::tree_state(&tree)?;
+        Ok((tree, config, state))
+    }
+
+    pub fn built(&self) -> Result<(Tree, kconfig::Config, Kernel)> {
+        let (tree, config, state) = self.configured()?;
+        let kernel = kbuild::build(&self.ctx, &tree, &config, &state)?;
+        Ok((tree, config, kernel))
+    }
+
+    pub fn imaged(&self) -> Result<(kconfig::Config, Kernel, Image)> {
+        let (tree, config, kernel) = self.built()?;
+        let image = image::build(&self.ctx, &tree, &kernel)?;
+        Ok((config, kernel, image))
+    }
+}
