@@ -191,12 +191,12 @@ fn bpf_objects(ctx: &Ctx, tree: &Tree, kernel: &Kernel) -> Result<Vec<PathBuf>> 
             .replace(".bpf.c", "");
         let obj = out.join(format!("{stem}.bpf.o"));
         let mut key = Key::new("bpf-object");
-        key.str(&headers).file(&src)?;
+        key.str(CLANG).str(&headers).file(&src)?;
         let key = key.finish();
         let obj_stamp = out.join(format!("{stem}.key"));
         if !(obj.is_file() && stamp_matches(&obj_stamp, &key)) {
             let res = duct::cmd!(
-                "clang",
+                CLANG,
                 "-target",
                 "bpf",
                 "-O2",
