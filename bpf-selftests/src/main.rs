@@ -2,12 +2,16 @@
 //! /lib/bpf-selftests with libbpf-rs and reports KTAP on the `ktap`
 //! virtio-serial port. See tests/mod.rs for the test table.
 
+mod affinity;
 mod bpf;
+mod btf_tags;
 mod check;
 mod cmdline;
 mod cpu;
+mod fdinfo;
 mod ktap;
 mod runner;
+mod stats;
 mod tests;
 
 use std::process::ExitCode;

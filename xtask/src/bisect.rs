@@ -232,7 +232,7 @@ pub fn step(f: BootFlags) -> Result<i32> {
         }
     };
     let (tree, config, kernel) = built;
-    let image = match crate::image::build(&p.ctx, &tree, &kernel) {
+    let image = match crate::image::build(&p.ctx, &tree, &kernel, p.progs()) {
         Ok(i) => i,
         Err(e) => return Ok(abort(&e)),
     };

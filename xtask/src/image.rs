@@ -18,9 +18,18 @@ pub struct Image {
     pub initramfs: PathBuf,
 }
 
-pub fn build(ctx: &Ctx, tree: &Tree, kernel: &Kernel) -> Result<Image> {
+/// How a BPF program that does not compile against this kernel's vmlinux.h
+/// is treated: an error in a normal run, left out (its selftests then skip)
+/// when check-series or bisect build a patch that predates its feature.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Progs {
+    AllMustBuild,
+    LeaveOutFailures,
+}
+
+pub fn build(ctx: &Ctx, tree: &Tree, kernel: &Kernel, progs: Progs) -> Result<Image> {
     let stage = Stage::start("image", "BPF objects, guest runner, initramfs");
-    let objects = bpf_objects(ctx, tree, kernel)?;
+    let objects = bpf_objects(ctx, tree, kernel, progs)?;
     let runner = guest_runner(ctx)?;
     let list_path = ctx.repo.join("images/files");
     let list = std::fs::read_to_string(&list_path)
@@ -124,7 +133,7 @@ fn elf_has_interp(data: &[u8]) -> bool {
 }
 
 /// vmlinux.h and bpf_helper_defs.h for this kernel, then each progs/*.bpf.c.
-fn bpf_objects(ctx: &Ctx, tree: &Tree, kernel: &Kernel) -> Result<Vec<PathBuf>> {
+fn bpf_objects(ctx: &Ctx, tree: &Tree, kernel: &Kernel, mode: Progs) -> Result<Vec<PathBuf>> {
     // clang 14 (Debian 12's default) drops btf_type_tag from BTF, so
     // `__kptr_ref` fields would silently lose their tag.
     require_tool(CLANG, "clang-16")?;
@@ -219,11 +228,17 @@ fn bpf_objects(ctx: &Ctx, tree: &Tree, kernel: &Kernel) -> Result<Vec<PathBuf>> 
             .run()
             .context("running clang")?;
             if !res.status.success() {
-                bail!(
-                    "compiling {}:\n{}",
-                    src.display(),
-                    String::from_utf8_lossy(&res.stdout).trim_end()
-                );
+                let log = String::from_utf8_lossy(&res.stdout);
+                if mode == Progs::LeaveOutFailures {
+                    let first = log.lines().find(|l| l.contains("error:")).unwrap_or("");
+                    eprintln!(
+                        "[image] note: {} does not build against this kernel, left out: {first}",
+                        src.display()
+                    );
+                    let _ = std::fs::remove_file(&obj);
+                    continue;
+                }
+                bail!("compiling {}:\n{}", src.display(), log.trim_end());
             }
             write_stamp(&obj_stamp, &key)?;
         }

@@ -45,6 +45,15 @@ impl Pipeline {
         }
     }
 
+    /// A patch checked on its own may predate the feature a BPF program uses.
+    pub fn progs(&self) -> image::Progs {
+        if self.as_is {
+            image::Progs::LeaveOutFailures
+        } else {
+            image::Progs::AllMustBuild
+        }
+    }
+
     pub fn tree(&self) -> Result<Tree> {
         tree::prepare(&self.ctx)
     }
@@ -78,7 +87,7 @@ impl Pipeline {
 
     pub fn imaged(&self) -> Result<(kconfig::Config, Kernel, Image)> {
         let (tree, config, kernel) = self.built()?;
-        let image = image::build(&self.ctx, &tree, &kernel)?;
+        let image = image::build(&self.ctx, &tree, &kernel, self.progs())?;
         Ok((config, kernel, image))
     }
 }

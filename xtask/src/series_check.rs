@@ -131,7 +131,7 @@ pub fn run(f: CheckSeriesFlags) -> Result<i32> {
         let build_word = if build.is_some() { "ok" } else { "FAILED" };
         let mut tests_word = "-".to_string();
         if let (true, Some((tree_now, config, kernel))) = (f.boot, &build) {
-            let image = crate::image::build(&p.ctx, tree_now, kernel)?;
+            let image = crate::image::build(&p.ctx, tree_now, kernel, p.progs())?;
             let s = boot_and_judge(&p, &f.boot_flags, config, kernel, &image, None, started)?;
             tests_word = if s.passed_but_skips {
                 "passed".into()

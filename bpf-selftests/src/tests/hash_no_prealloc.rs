@@ -180,9 +180,13 @@ fn trigger_on_all(cpus: &[usize], threads: &Map<'_>) -> Result<Vec<(usize, u32)>
                 }
             }
         }
+        // Release every thread before joining any, so all CPUs update the
+        // map at the same time.
         let go = errors.is_empty();
-        for (cpu, go_tx, handle) in workers {
+        for (_, go_tx, _) in &workers {
             let _ = go_tx.send(go);
+        }
+        for (cpu, _, handle) in workers {
             match handle.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => errors.push(e.context(format!("thread on CPU {cpu}"))),

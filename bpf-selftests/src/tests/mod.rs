@@ -3,6 +3,7 @@
 
 mod baseline;
 mod faults;
+mod global_ma;
 mod hash_no_prealloc;
 
 use anyhow::{bail, Result};
@@ -21,6 +22,30 @@ pub const ALL: &[Test] = &[
     Test {
         name: "hash_no_prealloc_all_cpus",
         run: hash_no_prealloc::hash_no_prealloc_all_cpus,
+    },
+    Test {
+        name: "global_ma_hash_delete",
+        run: global_ma::global_ma_hash_delete,
+    },
+    Test {
+        name: "global_ma_hash_overwrite",
+        run: global_ma::global_ma_hash_overwrite,
+    },
+    Test {
+        name: "global_ma_map_free",
+        run: global_ma::global_ma_map_free,
+    },
+    Test {
+        name: "global_ma_cross_cpu",
+        run: global_ma::global_ma_cross_cpu,
+    },
+    Test {
+        name: "global_ma_prog_counts",
+        run: global_ma::global_ma_prog_counts,
+    },
+    Test {
+        name: "global_ma_concurrent",
+        run: global_ma::global_ma_concurrent,
     },
 ];
 

@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Shared definitions of the global BPF memory allocator selftests
+ * (global_ma_*.bpf.c, src/tests/global_ma/ in the runner).
+ *
+ * The kernel side is patches/global-ma/: struct bpf_ma_testobj (from
+ * vmlinux.h) is allocated from bpf_global_ma by bpf_ma_testobj_new() and
+ * freed by bpf_ma_testobj_release(); maps holding one in a __kptr_ref field
+ * free it with the type's destructor. The hidden aux__prog argument is
+ * filled in by the verifier: programs pass NULL.
+ *
+ * Every constant here is mirrored in the Rust runner; change both sides
+ * together.
+ */
+#ifndef __GLOBAL_MA_H
+#define __GLOBAL_MA_H
+
+/* clang < 15 silently drops btf_type_tag: __kptr_ref would then reach the
+ * kernel as a plain pointer. The runner checks the objects' BTF for the
+ * "kptr_ref" tag before loading them (src/btf_tags.rs).
+ */
+#ifndef __kptr_ref
+#define __kptr_ref __attribute__((btf_type_tag("kptr_ref")))
+#endif
+
+#ifndef ENOENT
+#define ENOENT 2
+#endif
+#ifndef ENOMEM
+#define ENOMEM 12
+#endif
+
+/* struct bpf_ma_testobj's magic while the object is allocated ("bpfatest") */
+#define GMA_MAGIC 0x7473657461706662ULL
+
+extern struct bpf_ma_testobj *bpf_ma_testobj_new(void *aux__prog) __ksym;
+extern void bpf_ma_testobj_release(struct bpf_ma_testobj *obj,
+				   void *aux__prog) __ksym;
+
+/* A map value holding one test object. `tag` is plain data. */
+struct gma_val {
+	struct bpf_ma_testobj __kptr_ref *obj;
+	__u64 tag;
+};
+
+#endif /* __GLOBAL_MA_H */

@@ -1,0 +1,339 @@
+//! The global BPF memory allocator's counters in debugfs
+//! (`/sys/kernel/debug/bpf_global_ma/stats`, patches/global-ma 0002):
+//!
+//! ```text
+//! cpu<N> alloc <a> free <f> alloc_fail <x> refill <r> refill_objs <o>
+//! ...
+//! total alloc <a> free <f> alloc_fail <x> refill <r> refill_objs <o> in_use <u>
+//! ```
+//!
+//! Fields are looked up by name (the kernel may append new ones), and a
+//! snapshot can be checked for internal consistency (the total line is the
+//! sum of the CPU lines, `in_use` is `alloc - free`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub const STATS_PATH: &str = "/sys/kernel/debug/bpf_global_ma/stats";
+
+/// The counters of one line (one CPU, or the total).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub alloc: u64,
+    pub free: u64,
+    pub alloc_fail: u64,
+    pub refill: u64,
+    pub refill_objs: u64,
+}
+
+/// One reading of the stats file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// By CPU number (every possible CPU has a line).
+    pub cpus: BTreeMap<usize, Counters>,
+    pub total: Counters,
+    pub in_use: i64,
+}
+
+/// `after - before` of every counter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub alloc: i64,
+    pub free: i64,
+    pub alloc_fail: i64,
+    pub refill: i64,
+    pub refill_objs: i64,
+}
+
+fn sub(after: u64, before: u64) -> i64 {
+    after.wrapping_sub(before) as i64
+}
+
+impl Counters {
+    /// `self - before`.
+    pub fn since(&self, before: &Counters) -> Delta {
+        Delta {
+            alloc: sub(self.alloc, before.alloc),
+            free: sub(self.free, before.free),
+            alloc_fail: sub(self.alloc_fail, before.alloc_fail),
+            refill: sub(self.refill, before.refill),
+            refill_objs: sub(self.refill_objs, before.refill_objs),
+        }
+    }
+
+    fn add(&mut self, o: &Counters) {
+        self.alloc = self.alloc.wrapping_add(o.alloc);
+        self.free = self.free.wrapping_add(o.free);
+        self.alloc_fail = self.alloc_fail.wrapping_add(o.alloc_fail);
+        self.refill = self.refill.wrapping_add(o.refill);
+        self.refill_objs = self.refill_objs.wrapping_add(o.refill_objs);
+    }
+}
+
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "alloc {} free {} alloc_fail {} refill {} refill_objs {}",
+            self.alloc, self.free, self.alloc_fail, self.refill, self.refill_objs
+        )
+    }
+}
+
+impl fmt::Display for Delta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "alloc {:+} free {:+} alloc_fail {:+} refill {:+} refill_objs {:+}",
+            self.alloc, self.free, self.alloc_fail, self.refill, self.refill_objs
+        )
+    }
+}
+
+/// The `name value` pairs after a line's label.
+fn fields<'a>(label: &str, rest: &[&'a str]) -> Result<BTreeMap<&'a str, &'a str>> {
+    if !rest.len().is_multiple_of(2) {
+        bail!("line {label:?}: odd number of words after the label (not name/value pairs)");
+    }
+    let mut map = BTreeMap::new();
+    for pair in rest.chunks(2) {
+        if map.insert(pair[0], pair[1]).is_some() {
+            bail!("line {label:?}: field {:?} twice", pair[0]);
+        }
+    }
+    Ok(map)
+}
+
+fn num<T: std::str::FromStr>(f: &BTreeMap<&str, &str>, label: &str, name: &str) -> Result<T> {
+    let v = f
+        .get(name)
+        .with_context(|| format!("line {label:?}: no field {name:?}"))?;
+    v.parse()
+        .map_err(|_| anyhow::anyhow!("line {label:?}: field {name} = {v:?} is not a number"))
+}
+
+fn counters(f: &BTreeMap<&str, &str>, label: &str) -> Result<Counters> {
+    Ok(Counters {
+        alloc: num(f, label, "alloc")?,
+        free: num(f, label, "free")?,
+        alloc_fail: num(f, label, "alloc_fail")?,
+        refill: num(f, label, "refill")?,
+        refill_objs: num(f, label, "refill_objs")?,
+    })
+}
+
+impl Stats {
+    /// Reads and parses the debugfs file.
+    pub fn read() -> Result<Stats> {
+        let text = fs::read_to_string(STATS_PATH).with_context(|| {
+            format!(
+                "reading {STATS_PATH} (is debugfs mounted, and the global allocator with \
+                 its counters set up?)"
+            )
+        })?;
+        Stats::parse(&text).with_context(|| format!("parsing {STATS_PATH}:\n{text}"))
+    }
+
+    pub fn parse(text: &str) -> Result<Stats> {
+        let mut cpus = BTreeMap::new();
+        let mut total = None;
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Some((&label, rest)) = words.split_first() else {
+                continue;
+            };
+            let f = fields(label, rest)?;
+            if label == "total" {
+                if total.is_some() {
+                    bail!("two total lines");
+                }
+                total = Some((counters(&f, label)?, num::<i64>(&f, label, "in_use")?));
+            } else if let Some(n) = label.strip_prefix("cpu") {
+                let cpu: usize = n
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("bad CPU label {label:?}"))?;
+                if total.is_some() {
+                    bail!("line {label:?} after the total line");
+                }
+                if cpus.insert(cpu, counters(&f, label)?).is_some() {
+                    bail!("two lines for CPU {cpu}");
+                }
+            } else {
+                bail!("unknown line label {label:?}");
+            }
+        }
+        let Some((total, in_use)) = total else {
+            bail!("no total line");
+        };
+        if cpus.is_empty() {
+            bail!("no per-CPU lines");
+        }
+        Ok(Stats {
+            cpus,
+            total,
+            in_use,
+        })
+    }
+
+    /// The counters of `cpu` (all zero for a CPU without a line).
+    pub fn cpu(&self, cpu: usize) -> Counters {
+        self.cpus.get(&cpu).copied().unwrap_or_default()
+    }
+
+    /// The file's own arithmetic: total = sum of the CPU lines, in_use =
+    /// alloc - free. Returns what does not add up.
+    pub fn inconsistencies(&self) -> Vec<String> {
+        let mut sum = Counters::default();
+        for c in self.cpus.values() {
+            sum.add(c);
+        }
+        let mut bad = Vec::new();
+        if sum != self.total {
+            bad.push(format!(
+                "total line ({}) is not the sum of the CPU lines ({sum})",
+                self.total
+            ));
+        }
+        let derived = sub(self.total.alloc, self.total.free);
+        if derived != self.in_use {
+            bad.push(format!(
+                "in_use {} is not alloc - free = {derived}",
+                self.in_use
+            ));
+        }
+        bad
+    }
+
+    /// Per-CPU deltas `self - before` for every CPU either reading has.
+    pub fn cpu_deltas(&self, before: &Stats) -> BTreeMap<usize, Delta> {
+        self.cpus
+            .keys()
+            .chain(before.cpus.keys())
+            .map(|&c| (c, self.cpu(c).since(&before.cpu(c))))
+            .collect()
+    }
+}
+
+/// Polls the stats every `interval` until `done` holds or `timeout` passes.
+/// Returns the last reading, whether `done` held, and the time it took.
+pub fn poll(
+    timeout: Duration,
+    interval: Duration,
+    mut done: impl FnMut(&Stats) -> bool,
+) -> Result<(Stats, bool, Duration)> {
+    let start = Instant::now();
+    loop {
+        let s = Stats::read()?;
+        if done(&s) {
+            return Ok((s, true, start.elapsed()));
+        }
+        if start.elapsed() >= timeout {
+            return Ok((s, false, start.elapsed()));
+        }
+        thread::sleep(interval);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+cpu0 alloc 12 free 10 alloc_fail 0 refill 1 refill_objs 48
+cpu1 alloc 3 free 4 alloc_fail 2 refill 0 refill_objs 0
+total alloc 15 free 14 alloc_fail 2 refill 1 refill_objs 48 in_use 1
+";
+
+    #[test]
+    fn parses_by_name() {
+        let s = Stats::parse(SAMPLE).unwrap();
+        assert_eq!(s.cpus.len(), 2);
+        assert_eq!(s.cpu(0).alloc, 12);
+        assert_eq!(s.cpu(1).alloc_fail, 2);
+        assert_eq!(s.cpu(7), Counters::default());
+        assert_eq!(s.total.refill_objs, 48);
+        assert_eq!(s.in_use, 1);
+        assert!(s.inconsistencies().is_empty());
+    }
+
+    #[test]
+    fn field_order_and_new_fields_do_not_matter() {
+        let s = Stats::parse(
+            "cpu0 free 1 alloc 2 nmi_alloc 9 alloc_fail 0 refill 0 refill_objs 0\n\
+             total in_use 1 alloc 2 free 1 alloc_fail 0 refill 0 refill_objs 0 nmi_alloc 9\n",
+        )
+        .unwrap();
+        assert_eq!(s.cpu(0).alloc, 2);
+        assert_eq!(s.cpu(0).free, 1);
+        assert_eq!(s.in_use, 1);
+    }
+
+    #[test]
+    fn negative_in_use_parses() {
+        let s = Stats::parse(
+            "cpu0 alloc 0 free 1 alloc_fail 0 refill 0 refill_objs 0\n\
+             total alloc 0 free 1 alloc_fail 0 refill 0 refill_objs 0 in_use -1\n",
+        )
+        .unwrap();
+        assert_eq!(s.in_use, -1);
+        assert!(s.inconsistencies().is_empty());
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        assert!(Stats::parse("").is_err());
+        assert!(Stats::parse("cpu0 alloc 1 free 0 alloc_fail 0 refill 0 refill_objs 0\n").is_err());
+        assert!(Stats::parse(
+            "total alloc 1 free 0 alloc_fail 0 refill 0 refill_objs 0 in_use 1\n"
+        )
+        .is_err());
+        // missing field
+        assert!(Stats::parse(
+            "cpu0 alloc 1 free 0 alloc_fail 0 refill 0\n\
+             total alloc 1 free 0 alloc_fail 0 refill 0 refill_objs 0 in_use 1\n"
+        )
+        .is_err());
+        // odd pairs, bad number, unknown label
+        assert!(Stats::parse("cpu0 alloc\n").is_err());
+        assert!(Stats::parse(
+            "cpu0 alloc x free 0 alloc_fail 0 refill 0 refill_objs 0\n\
+             total alloc 1 free 0 alloc_fail 0 refill 0 refill_objs 0 in_use 1\n"
+        )
+        .is_err());
+        assert!(Stats::parse("node0 alloc 1\n").is_err());
+    }
+
+    #[test]
+    fn inconsistencies_are_named() {
+        let s = Stats::parse(
+            "cpu0 alloc 2 free 0 alloc_fail 0 refill 0 refill_objs 0\n\
+             total alloc 3 free 0 alloc_fail 0 refill 0 refill_objs 0 in_use 2\n",
+        )
+        .unwrap();
+        assert_eq!(s.inconsistencies().len(), 2);
+    }
+
+    #[test]
+    fn deltas() {
+        let a = Stats::parse(SAMPLE).unwrap();
+        let b = Stats::parse(
+            "cpu0 alloc 13 free 10 alloc_fail 0 refill 1 refill_objs 48\n\
+             cpu1 alloc 3 free 5 alloc_fail 2 refill 0 refill_objs 0\n\
+             total alloc 16 free 15 alloc_fail 2 refill 1 refill_objs 48 in_use 1\n",
+        )
+        .unwrap();
+        let d = b.cpu_deltas(&a);
+        assert_eq!(d[&0].alloc, 1);
+        assert_eq!(d[&1].free, 1);
+        assert_eq!(b.total.since(&a.total).free, 1);
+        assert_eq!(
+            d[&0].to_string(),
+            "alloc +1 free +0 alloc_fail +0 refill +0 refill_objs +0"
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! `global_ma_prog_counts`: every program sees its own use of the global
+//! allocator in its fdinfo (progs/global_ma_counts.bpf.c).
+//!
+//! From one pinned CPU: gma_alloc3 (fentry, 3 allocs + 3 releases per run)
+//! runs twice, gma_alloc7 (fentry, 7 allocs kept in an array) runs, the
+//! syscall program gma_sys_take7 takes those 7 out and releases them,
+//! gma_sys_alloc5 (syscall, 5 + 5) runs, gma_alloc7 runs again and user
+//! space empties the array, which frees the last 7 through the map's
+//! destructor, on nobody's account. gma_plain calls no kfunc and has no
+//! counters.
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::{MapCore, MapFlags, Object, ProgramInput};
+
+use super::{
+    attach, describe_cpu_deltas, expect_deltas, finish, open, prog_counts, prog_id, quiet_stats,
+    read_stats, trigger, write_global,
+};
+use crate::affinity;
+use crate::bpf::{self, Pod};
+use crate::check::Checks;
+use crate::cpu;
+use crate::fdinfo::ProgGlobalMa;
+use crate::runner::{Ctx, Outcome};
+
+const OBJECT: &str = "global_ma_counts";
+/// GMA_N3, GMA_N5, GMA_N7 in the BPF program.
+const N3: u64 = 3;
+const N5: u64 = 5;
+const N7: u64 = 7;
+
+const ALLOC3: &str = "gma_alloc3";
+const ALLOC7: &str = "gma_alloc7";
+const SYS_TAKE7: &str = "gma_sys_take7";
+const SYS_ALLOC5: &str = "gma_sys_alloc5";
+const PLAIN: &str = "gma_plain";
+
+/// GMA_OP_* in the BPF program.
+const OP_NONE: u32 = 0;
+const OP_ALLOC3: u32 = 1;
+const OP_ALLOC7: u32 = 2;
+const OP_PLAIN: u32 = 3;
+
+/// `struct gma_counts_ctl`, the object's `.bss`.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct CountsCtl {
+    tgid: u32,
+    op: u32,
+    alloc7_id: u64,
+    runs: [u64; 4],
+    nulls: u64,
+    old_found: u64,
+    taken: u64,
+    foreign: u64,
+    bad_magic: u64,
+    no_elem: u64,
+}
+// SAFETY: repr(C), integers only, same layout as the C struct.
+unsafe impl Pod for CountsCtl {}
+
+/// `struct gma_val` as user space writes it (the kptr part is ignored).
+const EMPTY_VAL: [u8; 16] = [0; 16];
+
+fn set_op(obj: &Object, op: u32) -> Result<()> {
+    let mut ctl: CountsCtl = bpf::read_global(obj, ".bss")?;
+    ctl.op = op;
+    write_global(obj, ".bss", &ctl)
+}
+
+/// Runs fentry program(s) for `op` `times` times.
+fn fire(obj: &Object, op: u32, times: u32) -> Result<()> {
+    set_op(obj, op)?;
+    let r = (0..times).try_for_each(|_| trigger());
+    set_op(obj, OP_NONE)?;
+    r
+}
+
+/// Runs a syscall program once with BPF_PROG_TEST_RUN.
+fn run_syscall(obj: &Object, name: &str) -> Result<()> {
+    let p = obj
+        .progs_mut()
+        .find(|p| p.name() == name)
+        .with_context(|| format!("no program {name}"))?;
+    let out = p
+        .test_run(ProgramInput::default())
+        .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
+    if out.return_value != 0 {
+        bail!("{name} returned {}", out.return_value);
+    }
+    Ok(())
+}
+
+fn pg(allocs: u64, frees: u64) -> Option<ProgGlobalMa> {
+    Some(ProgGlobalMa {
+        allocs,
+        frees,
+        alloc_fails: 0,
+    })
+}
+
+pub fn global_ma_prog_counts(ctx: &Ctx<'_>) -> Result<Outcome> {
+    if let Some(skip) = super::missing_feature(ctx, OBJECT) {
+        return Ok(skip);
+    }
+    let cpus = cpu::online_cpus()?;
+    let cpu = *cpus.last().context("no online CPU")?;
+    let mut checks = Checks::new();
+    let start = quiet_stats(&mut checks)?;
+
+    let obj = bpf::load(open(ctx, OBJECT)?, OBJECT)?;
+    let alloc7_id = prog_id(&obj, ALLOC7)?;
+    write_global(
+        &obj,
+        ".bss",
+        &CountsCtl {
+            tgid: std::process::id(),
+            alloc7_id: u64::from(alloc7_id),
+            ..CountsCtl::default()
+        },
+    )?;
+    let links = attach(&obj, &[ALLOC3, ALLOC7, PLAIN])?;
+    let progs = [ALLOC3, ALLOC7, SYS_TAKE7, SYS_ALLOC5];
+    for p in progs {
+        checks.eq(
+            format!("{p}: fdinfo right after load"),
+            pg(0, 0),
+            prog_counts(&obj, p)?,
+        );
+    }
+
+    let pin = affinity::pin(cpu)?;
+    let s0 = read_stats(&mut checks)?;
+    fire(&obj, OP_ALLOC3, 2)?;
+    let s1 = read_stats(&mut checks)?;
+    expect_deltas(
+        &mut checks,
+        "gma_alloc3 x2",
+        &s0,
+        &s1,
+        &[(cpu, 2 * N3 as i64, 2 * N3 as i64)],
+    );
+    fire(&obj, OP_ALLOC7, 1)?;
+    let s2 = read_stats(&mut checks)?;
+    expect_deltas(&mut checks, "gma_alloc7", &s1, &s2, &[(cpu, N7 as i64, 0)]);
+    run_syscall(&obj, SYS_TAKE7)?;
+    let s3 = read_stats(&mut checks)?;
+    expect_deltas(
+        &mut checks,
+        "gma_sys_take7",
+        &s2,
+        &s3,
+        &[(cpu, 0, N7 as i64)],
+    );
+    run_syscall(&obj, SYS_ALLOC5)?;
+    let s4 = read_stats(&mut checks)?;
+    expect_deltas(
+        &mut checks,
+        "gma_sys_alloc5",
+        &s3,
+        &s4,
+        &[(cpu, N5 as i64, N5 as i64)],
+    );
+    fire(&obj, OP_ALLOC7, 1)?;
+    let s5 = read_stats(&mut checks)?;
+    expect_deltas(
+        &mut checks,
+        "gma_alloc7 again",
+        &s4,
+        &s5,
+        &[(cpu, N7 as i64, 0)],
+    );
+    let stash = bpf::map(&obj, "stash")?;
+    for i in 0..N7 as u32 {
+        stash.update(&i.to_ne_bytes(), &EMPTY_VAL, MapFlags::EXIST)?;
+    }
+    let s6 = read_stats(&mut checks)?;
+    expect_deltas(
+        &mut checks,
+        "user space empties the array",
+        &s5,
+        &s6,
+        &[(cpu, 0, N7 as i64)],
+    );
+    fire(&obj, OP_PLAIN, 1)?;
+    drop(pin);
+
+    let want = [
+        (ALLOC3, pg(2 * N3, 2 * N3)),
+        (ALLOC7, pg(2 * N7, 0)),
+        (SYS_TAKE7, pg(0, N7)),
+        (SYS_ALLOC5, pg(N5, N5)),
+        (PLAIN, None),
+    ];
+    let mut prog_allocs = 0;
+    let mut prog_frees = 0;
+    for (p, w) in want {
+        let got = prog_counts(&obj, p)?;
+        checks.eq(format!("{p}: fdinfo global_ma counters"), w, got);
+        if let Some(g) = got {
+            prog_allocs += g.allocs;
+            prog_frees += g.frees;
+        }
+        ctx.diag(format!(
+            "{p}: {}",
+            got.map_or("no global_ma lines".to_string(), |g| g.to_string())
+        ));
+    }
+    let d = s6.total.since(&s0.total);
+    checks.eq(
+        "allocs: global delta = sum over the programs' fdinfo",
+        d.alloc,
+        prog_allocs as i64,
+    );
+    checks.eq(
+        "frees: global delta - map destructor frees = sum over the programs' fdinfo",
+        d.free - N7 as i64,
+        prog_frees as i64,
+    );
+    ctx.diag(format!(
+        "global: {d}; in_use {} -> {}; {}",
+        s0.in_use,
+        s6.in_use,
+        describe_cpu_deltas(&s0, &s6)
+    ));
+
+    let ctl: CountsCtl = bpf::read_global(&obj, ".bss")?;
+    checks.eq("syscall program runs", 2, ctl.runs[0]);
+    checks.eq("gma_alloc3 runs", 2, ctl.runs[OP_ALLOC3 as usize]);
+    checks.eq("gma_alloc7 runs", 2, ctl.runs[OP_ALLOC7 as usize]);
+    checks.eq("gma_plain runs", 1, ctl.runs[OP_PLAIN as usize]);
+    checks.eq("NULL allocations", 0, ctl.nulls);
+    checks.eq("gma_alloc7 found old objects", 0, ctl.old_found);
+    checks.eq("objects gma_sys_take7 took", N7, ctl.taken);
+    checks.eq("... not allocated by gma_alloc7 (prog_id)", 0, ctl.foreign);
+    checks.eq("objects without the magic", 0, ctl.bad_magic);
+    checks.eq("array lookups that failed", 0, ctl.no_elem);
+
+    finish(&mut checks, (links, obj), &start)?;
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}
