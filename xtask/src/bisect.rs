@@ -78,6 +78,37 @@ pub fn run(f: BisectFlags) -> Result<i32> {
     for e in std::fs::read_dir(&logs)?.flatten() {
         let _ = std::fs::remove_file(e.path());
     }
+    let exe = std::env::current_exe().context("finding the xtask binary")?;
+    // git bisect never tests its endpoints; test `bad` once ourselves, so a
+    // bad that passes is an error and its failure is what gets reported.
+    eprintln!("[bisect] checking that {bad} is bad");
+    let original = duct::cmd!("git", "-C", &tree.path, "rev-parse", "--abbrev-ref", "HEAD")
+        .read()
+        .context("reading the tree's branch")?;
+    duct::cmd!("git", "-C", &tree.path, "checkout", "-q", "--detach", &bad)
+        .run()
+        .with_context(|| format!("checking out {bad}"))?;
+    let verdict = duct::cmd(&exe, step_args(&f.boot))
+        .env(HELD_BY_PARENT, "1")
+        .env(STEP_LOG_DIR, &logs)
+        .unchecked()
+        .run()
+        .context("testing the bad revision");
+    let back = if original == "HEAD" {
+        bad.clone()
+    } else {
+        original
+    };
+    duct::cmd!("git", "-C", &tree.path, "checkout", "-q", &back)
+        .run()
+        .with_context(|| format!("checking out {back} again"))?;
+    crate::signals::check()?;
+    match verdict?.status.code() {
+        Some(1) => {}
+        Some(0) => bail!("`{bad}` passes: nothing to bisect (use --filter or check the test)"),
+        Some(SKIP) => bail!("`{bad}` does not build or boot: it cannot serve as the bad end"),
+        other => bail!("testing `{bad}` failed with exit status {other:?}"),
+    }
     eprintln!(
         "[bisect] {} between good {good} and bad {bad}",
         tree.path.display()
@@ -86,7 +117,6 @@ pub fn run(f: BisectFlags) -> Result<i32> {
     duct::cmd!("git", "-C", &tree.path, "bisect", "start", &bad, &good)
         .run()
         .context("git bisect start")?;
-    let exe = std::env::current_exe().context("finding the xtask binary")?;
     let mut args: Vec<String> = vec![
         "-C".into(),
         tree.path.display().to_string(),

@@ -36,6 +36,8 @@ pub enum Cmd {
     /// Find the first bad patch of the series (or commit, with --tree) for a
     /// failing selftest or a console splat.
     Bisect(BisectFlags),
+    /// Benchmarks that print figures side by side in one run.
+    Bench(BenchFlags),
     /// One `git bisect run` step (used by bisect): 0 good, 1 bad, 125 skip.
     #[command(hide = true)]
     BisectStep(BootFlags),
@@ -48,6 +50,31 @@ pub struct CheckSeriesFlags {
     /// Also boot each patch and run the selftests.
     #[arg(long)]
     pub boot: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchFlags {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum BenchWhat {
+    /// The rig's loop against virtme-ng and plain make, on the same kernel.
+    Rig(BenchRigFlags),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchRigFlags {
+    #[command(flatten)]
+    pub boot: BootFlags,
+    /// Repetitions of each measurement (min and median are printed).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Also measure the cold run (empty build dir and ccache) against a cold
+    /// `make bzImage`: two full kernel builds.
+    #[arg(long)]
+    pub cold: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the rig's orchestrator. This file only dispatches.
 
 mod accel;
+mod bench;
 mod bisect;
 mod console;
 mod context;
@@ -38,6 +39,9 @@ fn main() -> anyhow::Result<()> {
         flags::Cmd::Boot(f) => test::stage_boot(f),
         flags::Cmd::CheckSeries(f) => series_check::run(f),
         flags::Cmd::Bisect(f) => bisect::run(f),
+        flags::Cmd::Bench(f) => match f.what {
+            flags::BenchWhat::Rig(r) => bench::rig(r),
+        },
         flags::Cmd::BisectStep(f) => bisect::step(f),
     };
     match outcome {
