@@ -26,7 +26,7 @@ struct Reset<'a> {
 
 impl Drop for Reset<'_> {
     fn drop(&mut self) {
-        let _ = duct::cmd!("git", "-C", self.tree, "bisect", "reset", "--quiet")
+        let _ = duct::cmd!("git", "-C", self.tree, "bisect", "reset")
             .stdout_null()
             .stderr_null()
             .run();

@@ -263,3 +263,44 @@ fn two_runs_at_once_wait_for_each_other() {
         "one of them waited for the lock"
     );
 }
+
+/// Ctrl-C at random moments of `boot` (image check, QEMU start, kernel boot,
+/// selftests, shutdown): never an orphan. RIG_CTRL_C_TRIES sets the count.
+#[test]
+#[ignore = "boots VMs"]
+fn ctrl_c_at_random_moments_leaves_no_orphans() {
+    let tries: usize = std::env::var("RIG_CTRL_C_TRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    let mut orphan_total = 0;
+    for i in 0..tries {
+        // xorshift: a moment between 0 and 4 s after the start.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(seed % 4000);
+        let start = Instant::now();
+        let child = spawn(&["boot", "--filter", "hash_no_prealloc"]);
+        let pgid = Pid::from_raw(child.child.id() as i32);
+        std::thread::sleep(delay);
+        let _ = killpg(pgid, Signal::SIGINT);
+        let run = finish(child, start);
+        std::thread::sleep(Duration::from_millis(200));
+        let left = orphans();
+        orphan_total += left.len();
+        eprintln!(
+            "try {i}: SIGINT after {delay:?}, exit {:?} after {:?}, orphans {}",
+            run.code,
+            run.took,
+            left.len()
+        );
+        assert!(left.is_empty(), "orphans after try {i}: {left:#?}");
+    }
+    eprintln!("{tries} tries, {orphan_total} orphans");
+}
