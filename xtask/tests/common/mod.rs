@@ -1,7 +1,7 @@
 //! Helpers shared by the integration suites that run the real xtask binary.
 #![allow(dead_code)]
 
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,12 +42,21 @@ pub fn spawn(args: &[&str]) -> Spawned {
         .current_dir(repo())
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .process_group(0);
-    Spawned {
-        child: cmd.spawn().expect("spawning xtask"),
-        log: path,
+        .stderr(log);
+    // A session of its own: everything the rig starts (QEMU's and make's
+    // own process groups included) stays in it unless it calls setsid, so
+    // orphans are told apart from other users' builds by session id. setsid
+    // also makes it a process group leader (pgid = pid), for killpg.
+    // SAFETY: setsid is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
     }
+    let child = cmd.spawn().expect("spawning xtask");
+    SESSIONS.lock().unwrap().push(child.id() as i32);
+    Spawned { child, log: path }
 }
 
 fn tempfile() -> (std::fs::File, PathBuf) {
@@ -103,11 +112,26 @@ pub fn xtask(args: &[&str]) -> Run {
     run
 }
 
-/// QEMU and make processes working in our work dir.
+/// Sessions of the xtask processes these tests started.
+static SESSIONS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+fn session_of(proc_dir: &Path) -> Option<i32> {
+    let stat = std::fs::read_to_string(proc_dir.join("stat")).ok()?;
+    // pid (comm) state ppid pgrp session ...
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// QEMU and make processes from the xtask runs these tests started, still
+/// alive (another user's build in the same work dir is not ours).
 pub fn orphans() -> Vec<String> {
     let work = work().to_string_lossy().into_owned();
+    let ours = SESSIONS.lock().unwrap().clone();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if !session_of(&entry.path()).is_some_and(|sid| ours.contains(&sid)) {
+            continue;
+        }
         let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
