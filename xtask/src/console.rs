@@ -71,6 +71,8 @@ const SPLATS: &[(&str, &str, End)] = &[
     ("LOCKDEP", r"^WARNING: (?:possible circular locking dependency detected|inconsistent lock state|possible recursive locking detected|suspicious RCU usage|possible irq lock inversion dependency detected|\S+-safe -> \S+-unsafe lock order detected|bad unlock balance detected!|held lock freed!|\S+ still has locks held!|lock held when returning to user space!|Nested lock was not taken|chain_key collision)", End::Stack),
     ("WARNING", r"^WARNING: CPU: \d+ PID: \d+ at ", End::Marker),
     ("KMEMLEAK", r"^kmemleak: \d+ new suspected memory leaks?\b", End::Lines(1)),
+    // A leak check that did not happen is not a clean one.
+    ("KMEMLEAK", r"^kmemleak: (?:Kernel memory leak detector disabled|Memory pool empty)", End::Lines(1)),
     ("KMEMLEAK", r"^(?:kmemleak: )?unreferenced object 0x[0-9a-f]+ \(size \d+\):", End::Indented),
     ("RCU_STALL", r"^(?:rcu: )?INFO: rcu_\w+ (?:self-detected stall on CPU|detected stalls on CPUs/tasks|detected expedited stalls on CPUs/tasks)", End::Stack),
     ("HUNG_TASK", r"^INFO: task .+:\d+ blocked for more than \d+ seconds", End::Stack),
@@ -759,6 +761,18 @@ unreferenced object 0xffff888004d2a380 (size 64):
                 }
                 let _ = panic_message(&text);
             }
+        }
+    }
+
+    #[test]
+    fn a_disabled_leak_detector_is_a_splat() {
+        for line in [
+            "[   12.5] kmemleak: Kernel memory leak detector disabled",
+            "[   12.5] kmemleak: Memory pool empty, consider increasing CONFIG_DEBUG_KMEMLEAK_MEM_POOL_SIZE",
+        ] {
+            let found = scan(&format!("{line}\n"));
+            assert_eq!(found.len(), 1, "{line}");
+            assert_eq!(found[0].kind, "KMEMLEAK");
         }
     }
 }

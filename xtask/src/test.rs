@@ -96,7 +96,7 @@ pub fn boot_and_judge(
     started: Instant,
 ) -> Result<Summary> {
     let series = p.series_name();
-    let accel = accel::choose(&p.ctx, f.accel, &kernel.vmlinux, &image.initramfs)?;
+    let accel = accel::choose(&p.ctx, f.accel, &kernel.boot_image(), &image.initramfs)?;
     let run_dir = results::new_run_dir(&p.ctx.work, &series)?;
     let mut cmdline = Vec::new();
     if let Some(filter) = &f.filter {
@@ -104,7 +104,7 @@ pub fn boot_and_judge(
     }
     cmdline.extend(f.append.iter().cloned());
     let spec = VmSpec {
-        kernel: kernel.vmlinux.clone(),
+        kernel: kernel.boot_image(),
         initrd: image.initramfs.clone(),
         cpus: f.cpus,
         memory: f.memory.clone(),
