@@ -94,10 +94,8 @@ fn kconfig_problems(name: &str, text: &str) -> Vec<String> {
             None
         } else if set.is_match(line) || unset.is_match(line) {
             let k = &key.captures(line).expect("CONFIG_ key")[1];
-            match seen.insert(k.to_string(), n) {
-                Some(first) => Some(format!("{k} again (first on line {first})")),
-                None => None,
-            }
+            seen.insert(k.to_string(), n)
+                .map(|first| format!("{k} again (first on line {first})"))
         } else if looks_unset.is_match(line) {
             // "# FOO is not set" is a plain comment to merge_config.sh.
             Some("not `# CONFIG_X is not set` exactly".to_string())
