@@ -5,11 +5,13 @@
 mod affinity;
 mod bpf;
 mod btf_tags;
+mod caches;
 mod check;
 mod cmdline;
 mod cpu;
 mod fdinfo;
 mod ktap;
+mod prefill;
 mod runner;
 mod stats;
 mod tests;

@@ -239,6 +239,112 @@ pub fn poll(
     }
 }
 
+/// The reserve fields of the stats lines (patches/global-ma 0006, 0007):
+/// `prefill trim trim_objs reserved cached`, on every CPU line and the
+/// total line. `reserved` and `cached` are gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReserveCounters {
+    pub prefill: u64,
+    pub trim: u64,
+    pub trim_objs: u64,
+    pub reserved: i64,
+    pub cached: i64,
+}
+
+impl fmt::Display for ReserveCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "prefill {} trim {} trim_objs {} reserved {} cached {}",
+            self.prefill, self.trim, self.trim_objs, self.reserved, self.cached
+        )
+    }
+}
+
+/// The reserve fields of one reading of the stats file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReserveStats {
+    pub cpus: BTreeMap<usize, ReserveCounters>,
+    pub total: ReserveCounters,
+}
+
+fn reserve_counters(f: &BTreeMap<&str, &str>, label: &str) -> Result<ReserveCounters> {
+    Ok(ReserveCounters {
+        prefill: num(f, label, "prefill")?,
+        trim: num(f, label, "trim")?,
+        trim_objs: num(f, label, "trim_objs")?,
+        reserved: num(f, label, "reserved")?,
+        cached: num(f, label, "cached")?,
+    })
+}
+
+impl ReserveStats {
+    /// Parses the reserve fields of a stats file's text (the other
+    /// fields are ignored: see `Stats::parse`).
+    pub fn parse(text: &str) -> Result<ReserveStats> {
+        let mut cpus = BTreeMap::new();
+        let mut total = None;
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Some((&label, rest)) = words.split_first() else {
+                continue;
+            };
+            let f = fields(label, rest)?;
+            if label == "total" {
+                total = Some(reserve_counters(&f, label)?);
+            } else if let Some(n) = label.strip_prefix("cpu") {
+                let cpu: usize = n
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("bad CPU label {label:?}"))?;
+                cpus.insert(cpu, reserve_counters(&f, label)?);
+            } else {
+                bail!("unknown line label {label:?}");
+            }
+        }
+        let Some(total) = total else {
+            bail!("no total line");
+        };
+        Ok(ReserveStats { cpus, total })
+    }
+
+    /// The reserve fields of `cpu` (all zero for a CPU without a line).
+    pub fn cpu(&self, cpu: usize) -> ReserveCounters {
+        self.cpus.get(&cpu).copied().unwrap_or_default()
+    }
+
+    /// The total line is the sum of the CPU lines.
+    pub fn inconsistencies(&self) -> Vec<String> {
+        let mut sum = ReserveCounters::default();
+        for c in self.cpus.values() {
+            sum.prefill = sum.prefill.wrapping_add(c.prefill);
+            sum.trim = sum.trim.wrapping_add(c.trim);
+            sum.trim_objs = sum.trim_objs.wrapping_add(c.trim_objs);
+            sum.reserved += c.reserved;
+            sum.cached += c.cached;
+        }
+        // cached is read without synchronization, line by line: only the
+        // counters that move in process context are compared.
+        let mut bad = Vec::new();
+        if (sum.prefill, sum.reserved) != (self.total.prefill, self.total.reserved) {
+            bad.push(format!(
+                "total line ({}) is not the sum of the CPU lines ({sum})",
+                self.total
+            ));
+        }
+        bad
+    }
+}
+
+/// Reads the stats file once and parses both the counters and the
+/// reserve fields.
+pub fn read_with_reserve() -> Result<(Stats, ReserveStats)> {
+    let text = fs::read_to_string(STATS_PATH).with_context(|| format!("reading {STATS_PATH}"))?;
+    let s = Stats::parse(&text).with_context(|| format!("parsing {STATS_PATH}:\n{text}"))?;
+    let r = ReserveStats::parse(&text)
+        .with_context(|| format!("parsing the reserve fields of {STATS_PATH}:\n{text}"))?;
+    Ok((s, r))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,5 +441,25 @@ total alloc 15 free 14 alloc_fail 2 refill 1 refill_objs 48 in_use 1
             d[&0].to_string(),
             "alloc +1 free +0 alloc_fail +0 refill +0 refill_objs +0"
         );
+    }
+
+    #[test]
+    fn reserve_fields() {
+        let text = "\
+cpu0 alloc 0 free 0 alloc_fail 0 refill 0 refill_objs 0 prefill 1000 trim 1 trim_objs 7 reserved 1000 cached 1036
+cpu1 alloc 0 free 0 alloc_fail 0 refill 0 refill_objs 0 prefill 1000 trim 0 trim_objs 0 reserved 1000 cached 1036
+total alloc 0 free 0 alloc_fail 0 refill 0 refill_objs 0 in_use 0 prefill 2000 trim 1 trim_objs 7 reserved 2000 cached 2072
+";
+        let r = ReserveStats::parse(text).unwrap();
+        assert_eq!(r.cpu(0).trim_objs, 7);
+        assert_eq!(r.cpu(1).reserved, 1000);
+        assert_eq!(r.total.cached, 2072);
+        assert!(r.inconsistencies().is_empty());
+        // the old counters still parse from the same text
+        assert_eq!(Stats::parse(text).unwrap().in_use, 0);
+        // a kernel without the reserve fields
+        assert!(ReserveStats::parse(SAMPLE).is_err());
+        let bad = ReserveStats::parse(&text.replace("prefill 2000", "prefill 2001")).unwrap();
+        assert_eq!(bad.inconsistencies().len(), 1);
     }
 }

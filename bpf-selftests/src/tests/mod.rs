@@ -47,6 +47,26 @@ pub const ALL: &[Test] = &[
         name: "global_ma_concurrent",
         run: global_ma::global_ma_concurrent,
     },
+    Test {
+        name: "global_ma_prefill_bad_input",
+        run: global_ma::global_ma_prefill_bad_input,
+    },
+    Test {
+        name: "global_ma_prefill_sequence",
+        run: global_ma::global_ma_prefill_sequence,
+    },
+    Test {
+        name: "global_ma_prefill_release",
+        run: global_ma::global_ma_prefill_release,
+    },
+    Test {
+        name: "global_ma_prefill_stacking",
+        run: global_ma::global_ma_prefill_stacking,
+    },
+    Test {
+        name: "global_ma_prefill_concurrent",
+        run: global_ma::global_ma_prefill_concurrent,
+    },
 ];
 
 /// The one test-only fault `rig.fault=<name>` asks for.

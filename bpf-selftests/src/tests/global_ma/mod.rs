@@ -10,6 +10,7 @@
 
 mod counts;
 mod kptr;
+mod prefill;
 mod stress;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,10 @@ use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, Program};
 pub use counts::global_ma_prog_counts;
 pub use kptr::{
     global_ma_cross_cpu, global_ma_hash_delete, global_ma_hash_overwrite, global_ma_map_free,
+};
+pub use prefill::{
+    global_ma_prefill_bad_input, global_ma_prefill_concurrent, global_ma_prefill_release,
+    global_ma_prefill_sequence, global_ma_prefill_stacking,
 };
 pub use stress::global_ma_concurrent;
 

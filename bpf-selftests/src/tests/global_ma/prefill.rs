@@ -1,0 +1,1177 @@
+//! Reserves of the global allocator made with `BPF_GLOBAL_MA_PREFILL`
+//! (patches/global-ma 0006-0009, Documentation/bpf/global_ma.rst), with
+//! progs/global_ma_prefill.bpf.c allocating and freeing test objects (32
+//! bytes, size class 64) on the CPU a pinned thread triggers it from:
+//!
+//! - `global_ma_prefill_sequence`: Delyan's "freelist determinism"
+//!   sequence with N = 1000 on every CPU: prefill, N allocations (none
+//!   fails), N frees (all stay on the CPU's free list: no trim), N
+//!   allocations (none fails), one more (may fail, counted);
+//! - `global_ma_prefill_release`: the reservation lasts as long as its fd
+//!   and all duplicates; closing the last one brings the watermarks and
+//!   reserves back, gives the surplus to the slab (trim_objs = objects
+//!   dropped from the free lists), leaves objects in use alone;
+//! - `global_ma_prefill_stacking`: reservations add up per size class,
+//!   classes do not interfere, closing one leaves the others intact;
+//! - `global_ma_prefill_bad_input`: EINVAL, E2BIG, EPERM, each leaving the
+//!   allocator as it was;
+//! - `global_ma_prefill_concurrent`: prefills while every other CPU
+//!   allocates and frees; the sequence holds afterwards.
+//!
+//! Nothing else uses the global allocator while a test runs, so the
+//! counters are exact; every test also checks, per CPU, that the free list
+//! length (`cached`) moved by exactly prefill + refill_objs + free - alloc -
+//! trim_objs: no object appears or disappears unaccounted.
+
+use std::mem;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::{Link, MapCore, MapFlags, Object};
+
+use super::{attach, expect_deltas, finish, open, quiet_stats, trigger, POLL_INTERVAL};
+use crate::affinity;
+use crate::bpf::{self, Pod};
+use crate::caches::{self, Caches};
+use crate::check::Checks;
+use crate::cpu::{self, MAX_CPUS};
+use crate::prefill::{self, errno_name, PrefillAttr, MAX_SIZE, RESERVE_MAX};
+use crate::runner::{Ctx, Outcome};
+use crate::stats::{self, ReserveStats, Stats};
+
+const OBJECT: &str = "global_ma_prefill";
+const PROGS: [&str; 3] = ["gma_pf_alloc", "gma_pf_free", "gma_pf_hammer"];
+/// GMA_PF_SLOTS, GMA_PF_HAMMER_MAX in the BPF program.
+const SLOTS: u32 = 1024;
+const HAMMER_MAX: u32 = 64;
+/// The reservation of the sequence (objects per CPU).
+const N: u32 = 1000;
+/// sizeof(struct bpf_ma_testobj): what bpf_ma_testobj_new() allocates.
+const OBJ_SIZE: u32 = 32;
+/// Longest wait for the surplus to leave the free lists after a release.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time irq_work gets to trim a free list (it would, if it were above the
+/// high watermark) before the test looks.
+const IRQ_WORK_GRACE: Duration = Duration::from_millis(50);
+
+/// GMA_PF_* in the BPF program.
+#[derive(Clone, Copy, Debug)]
+#[repr(u32)]
+enum Cmd {
+    None = 0,
+    Alloc = 1,
+    Free = 2,
+    Hammer = 3,
+}
+
+/// `struct gma_pf_ctl`, the value of the `ctl` array (by CPU).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct PfCtl {
+    cmd: u32,
+    tgid: u32,
+    base: u32,
+    n: u32,
+    runs: u64,
+    done: u64,
+    fails: u64,
+    empty: u64,
+    old_found: u64,
+    wrong_cpu: u64,
+    bad_magic: u64,
+    no_elem: u64,
+}
+// SAFETY: repr(C), integers only, same layout as the C struct.
+unsafe impl Pod for PfCtl {}
+
+/// Skip on a kernel without the reserves (a patch before 0008, checked by
+/// check-series or bisect), probing the command without touching the
+/// allocator.
+fn missing(ctx: &Ctx<'_>) -> Result<Option<Outcome>> {
+    if let Some(skip) = super::missing_feature(ctx, OBJECT) {
+        return Ok(Some(skip));
+    }
+    if !std::path::Path::new(caches::CACHES_PATH).exists() {
+        return Ok(Some(Outcome::Skip(format!(
+            "{} missing: this kernel has no per-CPU reserves",
+            caches::CACHES_PATH
+        ))));
+    }
+    Ok(prefill::probe()?.map(Outcome::Skip))
+}
+
+/// One consistent look at the allocator: counters, reserve fields, caches.
+struct Snap {
+    stats: Stats,
+    res: ReserveStats,
+    caches: Caches,
+}
+
+fn snap(checks: &mut Checks) -> Result<Snap> {
+    let (stats, res) = stats::read_with_reserve()?;
+    for bad in stats
+        .inconsistencies()
+        .into_iter()
+        .chain(res.inconsistencies())
+    {
+        checks.fail(format!("{}: {bad}", stats::STATS_PATH));
+    }
+    Ok(Snap {
+        stats,
+        res,
+        caches: Caches::read()?,
+    })
+}
+
+impl Snap {
+    fn cache(&self, cpu: usize, unit: u32) -> Result<caches::Cache> {
+        self.caches.get(cpu, unit).with_context(|| {
+            format!(
+                "{} has no line for cpu{cpu} unit {unit}",
+                caches::CACHES_PATH
+            )
+        })
+    }
+
+    /// `cpu3 unit 64 free_cnt .. low .. high .. reserve .. | alloc ..`.
+    fn describe(&self, cpu: usize, unit: u32) -> String {
+        let c = self
+            .caches
+            .get(cpu, unit)
+            .map_or("no line".to_string(), |c| c.to_string());
+        let s = self.stats.cpu(cpu);
+        let r = self.res.cpu(cpu);
+        format!(
+            "cpu{cpu} unit {unit} {c} | alloc {} free {} alloc_fail {} refill_objs {} prefill {} \
+             trim_objs {} cached {}",
+            s.alloc, s.free, s.alloc_fail, s.refill_objs, r.prefill, r.trim_objs, r.cached
+        )
+    }
+}
+
+/// Per CPU: the free lists' length moved by exactly what the counters
+/// say came in and went out.
+fn expect_conservation(checks: &mut Checks, what: &str, before: &Snap, after: &Snap) {
+    for (&cpu, a) in &after.res.cpus {
+        let b = before.res.cpu(cpu);
+        let d = after.stats.cpu(cpu).since(&before.stats.cpu(cpu));
+        let came = (a.prefill.wrapping_sub(b.prefill)) as i64 + d.refill_objs + d.free;
+        let went = d.alloc + (a.trim_objs.wrapping_sub(b.trim_objs)) as i64;
+        checks.eq(
+            format!(
+                "{what}: cpu{cpu} cached delta = prefill + refill_objs + free - alloc - trim_objs"
+            ),
+            came - went,
+            a.cached - b.cached,
+        );
+    }
+}
+
+/// The loaded object with its programs attached.
+struct Loaded {
+    obj: Object,
+    links: Vec<Link>,
+}
+
+fn load(ctx: &Ctx<'_>) -> Result<Loaded> {
+    let obj = bpf::load(open(ctx, OBJECT)?, OBJECT)?;
+    let links = attach(&obj, &PROGS)?;
+    Ok(Loaded { obj, links })
+}
+
+fn write_ctl(obj: &Object, cpu: usize, c: &PfCtl) -> Result<()> {
+    bpf::map(obj, "ctl")?
+        .update(
+            &(cpu as u32).to_ne_bytes(),
+            &bpf::pod_bytes(c),
+            MapFlags::ANY,
+        )
+        .with_context(|| format!("writing ctl[{cpu}]"))
+}
+
+fn read_ctl(obj: &Object, cpu: usize) -> Result<PfCtl> {
+    let bytes = bpf::map(obj, "ctl")?
+        .lookup(&(cpu as u32).to_ne_bytes(), MapFlags::ANY)
+        .with_context(|| format!("reading ctl[{cpu}]"))?
+        .with_context(|| format!("ctl has no element {cpu}"))?;
+    bpf::read_pod(&bytes)
+}
+
+/// Runs `cmd` on slots base..base+n of `cpu`, once, from a thread pinned
+/// there; returns what the program counted.
+fn run_on(obj: &Object, cpu: usize, cmd: Cmd, base: u32, n: u32) -> Result<PfCtl> {
+    let pin = affinity::pin(cpu)?;
+    write_ctl(
+        obj,
+        cpu,
+        &PfCtl {
+            cmd: cmd as u32,
+            tgid: std::process::id(),
+            base,
+            n,
+            ..PfCtl::default()
+        },
+    )?;
+    let r = trigger();
+    let c = read_ctl(obj, cpu)?;
+    write_ctl(
+        obj,
+        cpu,
+        &PfCtl {
+            cmd: Cmd::None as u32,
+            ..PfCtl::default()
+        },
+    )?;
+    drop(pin);
+    r?;
+    if c.runs != 1 {
+        bail!(
+            "{cmd:?} on cpu{cpu}: the program ran {} times, not once",
+            c.runs
+        );
+    }
+    if c.no_elem != 0 || c.bad_magic != 0 || c.wrong_cpu != 0 || c.old_found != 0 {
+        bail!("{cmd:?} on cpu{cpu}: {c:?}");
+    }
+    Ok(c)
+}
+
+/// What the sequence measured on one CPU.
+struct SeqFigures {
+    extra_failed: bool,
+    refill_objs: i64,
+}
+
+/// Delyan's sequence on `cpu` with `n` objects reserved there (of
+/// `reserve` in all) in size class `unit`.
+fn sequence(
+    ctx: &Ctx<'_>,
+    checks: &mut Checks,
+    obj: &Object,
+    cpu: usize,
+    n: u32,
+    unit: u32,
+    reserve: i64,
+) -> Result<SeqFigures> {
+    if n + 1 > SLOTS {
+        bail!(
+            "the sequence needs N + 1 = {} slots, the program has {SLOTS}",
+            n + 1
+        );
+    }
+    let ni = i64::from(n);
+    let s0 = snap(checks)?;
+    ctx.diag(format!(
+        "sequence N={n}: start    {}",
+        s0.describe(cpu, unit)
+    ));
+    let c0 = s0.cache(cpu, unit)?;
+    checks.eq(format!("cpu{cpu}: reserve at start"), reserve, c0.reserve);
+    if c0.free_cnt < ni {
+        checks.fail(format!(
+            "cpu{cpu}: free_cnt {} below the reserve {n} at start",
+            c0.free_cnt
+        ));
+    }
+
+    // N allocations: none fails
+    let a1 = run_on(obj, cpu, Cmd::Alloc, 0, n)?;
+    let s1 = snap(checks)?;
+    ctx.diag(format!(
+        "  allocs #1 done {} fails {}: {}",
+        a1.done,
+        a1.fails,
+        s1.describe(cpu, unit)
+    ));
+    checks.eq(format!("cpu{cpu}: allocs #1 done"), u64::from(n), a1.done);
+    checks.eq(format!("cpu{cpu}: allocs #1 failed"), 0, a1.fails);
+    expect_deltas(
+        checks,
+        &format!("cpu{cpu} allocs #1"),
+        &s0.stats,
+        &s1.stats,
+        &[(cpu, ni, 0)],
+    );
+
+    // N frees: back to the reserve, not to the slab
+    let f = run_on(obj, cpu, Cmd::Free, 0, n)?;
+    thread::sleep(IRQ_WORK_GRACE);
+    let s2 = snap(checks)?;
+    ctx.diag(format!(
+        "  frees done {} empty {}: {}",
+        f.done,
+        f.empty,
+        s2.describe(cpu, unit)
+    ));
+    checks.eq(format!("cpu{cpu}: frees done"), u64::from(n), f.done);
+    checks.eq(format!("cpu{cpu}: frees found empty slots"), 0, f.empty);
+    expect_deltas(
+        checks,
+        &format!("cpu{cpu} frees"),
+        &s1.stats,
+        &s2.stats,
+        &[(cpu, 0, ni)],
+    );
+    checks.eq(
+        format!("cpu{cpu}: frees: trim_objs delta (objects given to the slab)"),
+        0,
+        s2.res
+            .cpu(cpu)
+            .trim_objs
+            .wrapping_sub(s1.res.cpu(cpu).trim_objs),
+    );
+    let (c1, c2) = (s1.cache(cpu, unit)?, s2.cache(cpu, unit)?);
+    let refill = s2.stats.cpu(cpu).since(&s1.stats.cpu(cpu)).refill_objs;
+    checks.eq(
+        format!("cpu{cpu}: frees: free_cnt delta = N (+ refill_objs {refill})"),
+        ni + refill,
+        c2.free_cnt - c1.free_cnt,
+    );
+    if c2.free_cnt < ni {
+        checks.fail(format!(
+            "cpu{cpu}: free_cnt {} below N after the frees",
+            c2.free_cnt
+        ));
+    }
+
+    // N allocations again: none fails
+    let a2 = run_on(obj, cpu, Cmd::Alloc, 0, n)?;
+    let s3 = snap(checks)?;
+    ctx.diag(format!(
+        "  allocs #2 done {} fails {}: {}",
+        a2.done,
+        a2.fails,
+        s3.describe(cpu, unit)
+    ));
+    checks.eq(format!("cpu{cpu}: allocs #2 done"), u64::from(n), a2.done);
+    checks.eq(format!("cpu{cpu}: allocs #2 failed"), 0, a2.fails);
+    expect_deltas(
+        checks,
+        &format!("cpu{cpu} allocs #2"),
+        &s2.stats,
+        &s3.stats,
+        &[(cpu, ni, 0)],
+    );
+
+    // one more: may fail, must be counted
+    let x = run_on(obj, cpu, Cmd::Alloc, n, 1)?;
+    let s4 = snap(checks)?;
+    let d = s4.stats.cpu(cpu).since(&s3.stats.cpu(cpu));
+    ctx.diag(format!(
+        "  alloc N+1: {}: {}",
+        if x.done == 1 {
+            "succeeded"
+        } else {
+            "failed (allowed)"
+        },
+        s4.describe(cpu, unit)
+    ));
+    checks.eq(
+        format!("cpu{cpu}: alloc N+1 done + failed"),
+        1,
+        x.done + x.fails,
+    );
+    checks.eq(
+        format!("cpu{cpu}: alloc N+1: alloc delta"),
+        x.done as i64,
+        d.alloc,
+    );
+    checks.eq(
+        format!("cpu{cpu}: alloc N+1: alloc_fail delta"),
+        x.fails as i64,
+        d.alloc_fail,
+    );
+
+    // give everything back (on the same CPU)
+    let fin = run_on(obj, cpu, Cmd::Free, 0, n + 1)?;
+    let s5 = snap(checks)?;
+    checks.eq(
+        format!("cpu{cpu}: final frees"),
+        u64::from(n) + x.done,
+        fin.done,
+    );
+    let d = s5.stats.total.since(&s4.stats.total);
+    checks.eq(
+        format!("cpu{cpu}: final frees: free delta"),
+        ni + x.done as i64,
+        d.free,
+    );
+    checks.eq(
+        format!("cpu{cpu}: in_use after the sequence"),
+        s0.stats.in_use,
+        s5.stats.in_use,
+    );
+    expect_conservation(checks, &format!("cpu{cpu} sequence"), &s0, &s5);
+    ctx.diag(format!("  end      {}", s5.describe(cpu, unit)));
+    Ok(SeqFigures {
+        extra_failed: x.fails == 1,
+        refill_objs: s5.stats.cpu(cpu).since(&s0.stats.cpu(cpu)).refill_objs,
+    })
+}
+
+/// Polls the caches until every line has the watermarks and reserve of
+/// `defaults` and no free list is above its high watermark.
+fn wait_defaults(defaults: &Caches) -> Result<(Caches, bool, Duration)> {
+    let start = Instant::now();
+    loop {
+        let c = Caches::read()?;
+        let ok =
+            c.marks_changed(defaults).is_empty() && c.lines.values().all(|l| l.free_cnt <= l.high);
+        if ok || start.elapsed() >= RELEASE_TIMEOUT {
+            return Ok((c, ok, start.elapsed()));
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Closes `fds`, then checks that the caches come back to `defaults`.
+fn release(
+    ctx: &Ctx<'_>,
+    checks: &mut Checks,
+    what: &str,
+    fds: Vec<OwnedFd>,
+    defaults: &Caches,
+) -> Result<()> {
+    let t = Instant::now();
+    drop(fds);
+    let closed = t.elapsed();
+    let (c, ok, took) = wait_defaults(defaults)?;
+    ctx.diag(format!(
+        "{what}: close {:.2} ms, caches {} to the defaults after {:.1} ms",
+        closed.as_secs_f64() * 1e3,
+        if ok { "back" } else { "NOT back" },
+        took.as_secs_f64() * 1e3
+    ));
+    if !ok {
+        for bad in c.marks_changed(defaults) {
+            checks.fail(format!(
+                "{what}: not back within {RELEASE_TIMEOUT:?}: {bad}"
+            ));
+        }
+        for (k, l) in c.lines.iter().filter(|(_, l)| l.free_cnt > l.high) {
+            checks.fail(format!(
+                "{what}: cpu{} unit {}: free_cnt above high: {l}",
+                k.0, k.1
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The unit size of the reservation behind `fd`, checked against what it
+/// was asked for.
+fn checked_unit(checks: &mut Checks, fd: &OwnedFd, size: u32, count: u32) -> Result<u32> {
+    let info = prefill::read_fdinfo(fd)?;
+    checks.eq(
+        format!("fdinfo size of prefill({size}, {count})"),
+        size,
+        info.size,
+    );
+    checks.eq(
+        format!("fdinfo count of prefill({size}, {count})"),
+        count,
+        info.count,
+    );
+    if info.unit_size < size + 8 {
+        checks.fail(format!(
+            "fdinfo unit_size {} < size {size} + 8",
+            info.unit_size
+        ));
+    }
+    Ok(info.unit_size)
+}
+
+fn prefill_timed(size: u32, count: u32) -> Result<(OwnedFd, Duration)> {
+    let t = Instant::now();
+    let fd = prefill::prefill(size, count, 0)
+        .with_context(|| format!("BPF_GLOBAL_MA_PREFILL({size}, {count})"))?;
+    Ok((fd, t.elapsed()))
+}
+
+/// Checks that a reservation of `count` in `unit` came on top of `before`
+/// on every CPU: reserve and high up by `count`, low unchanged, free_cnt
+/// up by `count`.
+fn expect_reserved(
+    checks: &mut Checks,
+    what: &str,
+    before: &Snap,
+    after: &Snap,
+    unit: u32,
+    count: i64,
+) -> Result<()> {
+    for cpu in before.caches.cpus() {
+        let (b, a) = (before.cache(cpu, unit)?, after.cache(cpu, unit)?);
+        checks.eq(
+            format!("{what}: cpu{cpu} unit {unit} reserve"),
+            b.reserve + count,
+            a.reserve,
+        );
+        checks.eq(
+            format!("{what}: cpu{cpu} unit {unit} high"),
+            b.high + count,
+            a.high,
+        );
+        checks.eq(format!("{what}: cpu{cpu} unit {unit} low"), b.low, a.low);
+        checks.eq(
+            format!("{what}: cpu{cpu} unit {unit} free_cnt"),
+            b.free_cnt + count,
+            a.free_cnt,
+        );
+    }
+    Ok(())
+}
+
+/// The start of every test: a quiet allocator with no reservation.
+fn begin(checks: &mut Checks) -> Result<(Stats, Snap)> {
+    let start = quiet_stats(checks)?;
+    let s = snap(checks)?;
+    if s.res.total.reserved != 0 {
+        checks.fail(format!(
+            "{} objects are reserved before the test (an earlier test leaked a reservation)",
+            s.res.total.reserved
+        ));
+    }
+    Ok((start, s))
+}
+
+fn online(checks: &mut Checks, s: &Snap) -> Result<Vec<usize>> {
+    let cpus = cpu::online_cpus()?;
+    if let Some(&c) = cpus.iter().find(|&&c| c >= MAX_CPUS) {
+        bail!("CPU {c} is beyond RIG_MAX_CPUS ({MAX_CPUS})");
+    }
+    checks.eq(
+        "possible CPUs in the caches file = online CPUs",
+        cpus.clone(),
+        s.caches.cpus(),
+    );
+    Ok(cpus)
+}
+
+pub fn global_ma_prefill_sequence(ctx: &Ctx<'_>) -> Result<Outcome> {
+    if let Some(skip) = missing(ctx)? {
+        return Ok(skip);
+    }
+    let mut checks = Checks::new();
+    let (start, s0) = begin(&mut checks)?;
+    let cpus = online(&mut checks, &s0)?;
+    let l = load(ctx)?;
+
+    let (fd, took) = prefill_timed(OBJ_SIZE, N)?;
+    let unit = checked_unit(&mut checks, &fd, OBJ_SIZE, N)?;
+    let s1 = snap(&mut checks)?;
+    ctx.diag(format!(
+        "prefill({OBJ_SIZE}, {N}) x {} CPUs (unit {unit}): {:.2} ms",
+        s1.caches.cpus().len(),
+        took.as_secs_f64() * 1e3
+    ));
+    expect_reserved(&mut checks, "prefill", &s0, &s1, unit, i64::from(N))?;
+    for cpu in s1.caches.cpus() {
+        let (b, a) = (s0.res.cpu(cpu), s1.res.cpu(cpu));
+        checks.eq(
+            format!("cpu{cpu}: prefill counter delta"),
+            u64::from(N),
+            a.prefill - b.prefill,
+        );
+        checks.eq(format!("cpu{cpu}: reserved"), i64::from(N), a.reserved);
+    }
+    expect_deltas(&mut checks, "prefill", &s0.stats, &s1.stats, &[]);
+
+    let mut extra_failed = Vec::new();
+    for &cpu in &cpus {
+        let f = sequence(ctx, &mut checks, &l.obj, cpu, N, unit, i64::from(N))?;
+        if f.extra_failed {
+            extra_failed.push(cpu);
+        }
+        ctx.diag(format!(
+            "cpu{cpu}: refill_objs during the sequence {:+}",
+            f.refill_objs
+        ));
+    }
+    ctx.diag(format!(
+        "alloc N+1 failed on {}",
+        if extra_failed.is_empty() {
+            "no CPU".to_string()
+        } else {
+            format!("{extra_failed:?}")
+        }
+    ));
+
+    release(ctx, &mut checks, "close(fd)", vec![fd], &s0.caches)?;
+    let end = snap(&mut checks)?;
+    expect_conservation(&mut checks, "whole test", &s0, &end);
+    finish(&mut checks, (l.links, l.obj), &start)?;
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}
+
+pub fn global_ma_prefill_release(ctx: &Ctx<'_>) -> Result<Outcome> {
+    if let Some(skip) = missing(ctx)? {
+        return Ok(skip);
+    }
+    let mut checks = Checks::new();
+    let (start, s0) = begin(&mut checks)?;
+    let cpus = online(&mut checks, &s0)?;
+    let held_cpu = *cpus.last().context("no online CPU")?;
+    let l = load(ctx)?;
+
+    let (fd, took) = prefill_timed(OBJ_SIZE, N)?;
+    let unit = checked_unit(&mut checks, &fd, OBJ_SIZE, N)?;
+    ctx.diag(format!(
+        "prefill({OBJ_SIZE}, {N}): {:.2} ms",
+        took.as_secs_f64() * 1e3
+    ));
+    let dup = fd.try_clone().context("dup of the reservation fd")?;
+    drop(fd);
+    let s1 = snap(&mut checks)?;
+    expect_reserved(
+        &mut checks,
+        "after closing the first of two fds",
+        &s0,
+        &s1,
+        unit,
+        i64::from(N),
+    )?;
+
+    // Objects in use across the release: N on one CPU, from the reserve.
+    let a = run_on(&l.obj, held_cpu, Cmd::Alloc, 0, N)?;
+    checks.eq("allocations held across the release", u64::from(N), a.done);
+    let s2 = snap(&mut checks)?;
+    for &cpu in &cpus {
+        ctx.diag(format!("before release: {}", s2.describe(cpu, unit)));
+    }
+
+    release(ctx, &mut checks, "close(last fd)", vec![dup], &s0.caches)?;
+    let s3 = snap(&mut checks)?;
+    for &cpu in &cpus {
+        ctx.diag(format!("released:       {}", s3.describe(cpu, unit)));
+        let c = s3.cache(cpu, unit)?;
+        let d0 = s0.cache(cpu, unit)?;
+        let (r2, r3) = (s2.res.cpu(cpu), s3.res.cpu(cpu));
+        checks.eq(format!("cpu{cpu}: reserved after release"), 0, r3.reserved);
+        checks.eq(
+            format!("cpu{cpu}: trim_objs delta = objects dropped from the free lists"),
+            r2.cached - r3.cached,
+            r3.trim_objs.wrapping_sub(r2.trim_objs) as i64,
+        );
+        // free_bulk() trims to the middle of the default watermarks
+        let target = (d0.high + d0.low) / 2;
+        if s2.cache(cpu, unit)?.free_cnt > d0.high {
+            checks.eq(
+                format!("cpu{cpu}: free_cnt after the trim"),
+                target,
+                c.free_cnt,
+            );
+        }
+    }
+    checks.eq(
+        "in_use with the held objects",
+        s0.stats.in_use + i64::from(N),
+        s3.stats.in_use,
+    );
+
+    // The held objects come back to a free list with default watermarks
+    // and the surplus goes to the slab.
+    let f = run_on(&l.obj, held_cpu, Cmd::Free, 0, N)?;
+    checks.eq("held objects freed", u64::from(N), f.done);
+    let (c, ok, took) = wait_defaults(&s0.caches)?;
+    let s4 = snap(&mut checks)?;
+    ctx.diag(format!(
+        "held objects freed on cpu{held_cpu}: free list {} under high after {:.1} ms: {}",
+        if ok { "back" } else { "NOT back" },
+        took.as_secs_f64() * 1e3,
+        s4.describe(held_cpu, unit)
+    ));
+    if !ok {
+        checks.fail(format!(
+            "cpu{held_cpu}: free list not trimmed after the held objects came back: {:?}",
+            c.get(held_cpu, unit)
+        ));
+    }
+    checks.eq("in_use back to its start", s0.stats.in_use, s4.stats.in_use);
+    checks.eq("reserved back to 0", 0, s4.res.total.reserved);
+    expect_conservation(&mut checks, "whole test", &s0, &s4);
+    ctx.diag(format!(
+        "whole test: prefill {:+} trim_objs {:+} cached {} -> {}",
+        s4.res.total.prefill - s0.res.total.prefill,
+        s4.res.total.trim_objs - s0.res.total.trim_objs,
+        s0.res.total.cached,
+        s4.res.total.cached
+    ));
+    finish(&mut checks, (l.links, l.obj), &start)?;
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}
+
+pub fn global_ma_prefill_stacking(ctx: &Ctx<'_>) -> Result<Outcome> {
+    if let Some(skip) = missing(ctx)? {
+        return Ok(skip);
+    }
+    let mut checks = Checks::new();
+    let (start, s0) = begin(&mut checks)?;
+    let cpus = online(&mut checks, &s0)?;
+    let l = load(ctx)?;
+
+    // 32 and 40 bytes share class 64, 200 bytes is class 256.
+    let (fd_a, _) = prefill_timed(OBJ_SIZE, 300)?;
+    let (fd_b, _) = prefill_timed(40, 200)?;
+    let (fd_c, _) = prefill_timed(200, 300)?;
+    let u64_ = checked_unit(&mut checks, &fd_a, OBJ_SIZE, 300)?;
+    let u40 = checked_unit(&mut checks, &fd_b, 40, 200)?;
+    checks.eq("unit of 40 bytes = unit of 32 bytes", u64_, u40);
+    let u256 = checked_unit(&mut checks, &fd_c, 200, 300)?;
+    if u256 == u64_ {
+        checks.fail("200 bytes served by the class of 32 bytes");
+    }
+    let s1 = snap(&mut checks)?;
+    expect_reserved(&mut checks, "32x300 + 40x200", &s0, &s1, u64_, 500)?;
+    expect_reserved(&mut checks, "200x300", &s0, &s1, u256, 300)?;
+    for &cpu in &cpus {
+        ctx.diag(format!(
+            "stacked: {} | {}",
+            s1.describe(cpu, u64_),
+            s1.describe(cpu, u256)
+        ));
+        checks.eq(
+            format!("cpu{cpu}: reserved (all classes)"),
+            800,
+            s1.res.cpu(cpu).reserved,
+        );
+    }
+
+    drop(fd_b);
+    let s2 = snap(&mut checks)?;
+    for &cpu in &cpus {
+        let (b, a) = (s0.cache(cpu, u64_)?, s2.cache(cpu, u64_)?);
+        checks.eq(
+            format!("cpu{cpu}: unit {u64_} reserve after closing 40x200"),
+            300,
+            a.reserve,
+        );
+        checks.eq(
+            format!("cpu{cpu}: unit {u64_} high after closing 40x200"),
+            b.high + 300,
+            a.high,
+        );
+        let (b, a) = (s1.cache(cpu, u256)?, s2.cache(cpu, u256)?);
+        checks.eq(
+            format!("cpu{cpu}: unit {u256} untouched by closing 40x200"),
+            b,
+            a,
+        );
+    }
+    for &cpu in &cpus {
+        sequence(ctx, &mut checks, &l.obj, cpu, 300, u64_, 300)?;
+    }
+    let s3 = snap(&mut checks)?;
+    for &cpu in &cpus {
+        checks.eq(
+            format!("cpu{cpu}: unit {u256} untouched by the sequences"),
+            s2.cache(cpu, u256)?.marks(),
+            s3.cache(cpu, u256)?.marks(),
+        );
+    }
+    release(ctx, &mut checks, "close(all)", vec![fd_a, fd_c], &s0.caches)?;
+    let end = snap(&mut checks)?;
+    expect_conservation(&mut checks, "whole test", &s0, &end);
+    finish(&mut checks, (l.links, l.obj), &start)?;
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}
+
+/// Expects `attr` (+ `tail`) to fail with `want` and leave the caches'
+/// watermarks and reserves and the reserve counters as they were.
+fn expect_err(
+    ctx: &Ctx<'_>,
+    checks: &mut Checks,
+    what: &str,
+    attr: PrefillAttr,
+    tail: &[u8],
+    want: i32,
+) -> Result<()> {
+    let before = snap(checks)?;
+    let r = prefill::prefill_raw(attr, tail);
+    let after = snap(checks)?;
+    let got = match &r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    };
+    ctx.diag(format!(
+        "{what:<36} size {} count {} flags {}{} -> {} (want {})",
+        attr.size,
+        attr.count,
+        attr.flags,
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(" tail {tail:?}")
+        },
+        errno_name(got),
+        errno_name(want)
+    ));
+    checks.eq(format!("{what}: errno"), errno_name(want), errno_name(got));
+    drop(r);
+    for bad in after.caches.marks_changed(&before.caches) {
+        checks.fail(format!("{what}: changed the caches: {bad}"));
+    }
+    checks.eq(
+        format!("{what}: prefill counter"),
+        before.res.total.prefill,
+        after.res.total.prefill,
+    );
+    checks.eq(
+        format!("{what}: reserved"),
+        before.res.total.reserved,
+        after.res.total.reserved,
+    );
+    Ok(())
+}
+
+fn attr(size: u32, count: u32, flags: u32) -> PrefillAttr {
+    PrefillAttr { size, count, flags }
+}
+
+/// prefill(32, 10) from a forked child that dropped to uid/gid 65534 (and
+/// with it every capability); returns the child's errno (0: success).
+fn unprivileged_errno() -> Result<i32> {
+    // SAFETY: the child only calls async-signal-safe functions (setresgid,
+    // setresuid, syscall, _exit) and never returns into Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("fork");
+    }
+    if pid == 0 {
+        // SAFETY: see above; the attr buffer is on the child's stack.
+        unsafe {
+            if libc::setresgid(65534, 65534, 65534) != 0
+                || libc::setresuid(65534, 65534, 65534) != 0
+            {
+                libc::_exit(200);
+            }
+            let a: [u32; 3] = [OBJ_SIZE, 10, 0];
+            let fd = libc::syscall(
+                libc::SYS_bpf,
+                prefill::BPF_GLOBAL_MA_PREFILL,
+                a.as_ptr(),
+                mem::size_of_val(&a) as libc::c_uint,
+            );
+            let e = if fd < 0 { *libc::__errno_location() } else { 0 };
+            libc::_exit(e.clamp(0, 199));
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        return Err(std::io::Error::last_os_error()).context("waitpid");
+    }
+    if !libc::WIFEXITED(status) {
+        bail!("unprivileged child did not exit normally (status {status:#x})");
+    }
+    match libc::WEXITSTATUS(status) {
+        200 => bail!("the child could not drop to uid 65534"),
+        e => Ok(e),
+    }
+}
+
+pub fn global_ma_prefill_bad_input(ctx: &Ctx<'_>) -> Result<Outcome> {
+    if let Some(skip) = missing(ctx)? {
+        return Ok(skip);
+    }
+    let mut checks = Checks::new();
+    let (start, s0) = begin(&mut checks)?;
+    let c = &mut checks;
+
+    // unit of OBJ_SIZE, from a tiny reservation
+    let fd = prefill::prefill(OBJ_SIZE, 1, 0).context("prefill(32, 1)")?;
+    let unit = checked_unit(c, &fd, OBJ_SIZE, 1)?;
+    release(ctx, c, "prefill(32, 1)", vec![fd], &s0.caches)?;
+    let max_n = (RESERVE_MAX / u64::from(unit)) as u32;
+
+    expect_err(ctx, c, "size 0", attr(0, 10, 0), &[], libc::EINVAL)?;
+    expect_err(ctx, c, "count 0", attr(OBJ_SIZE, 0, 0), &[], libc::EINVAL)?;
+    expect_err(ctx, c, "size 0 count 0", attr(0, 0, 0), &[], libc::EINVAL)?;
+    expect_err(
+        ctx,
+        c,
+        "size 4089 (> 4096 - 8)",
+        attr(MAX_SIZE + 1, 10, 0),
+        &[],
+        libc::EINVAL,
+    )?;
+    expect_err(ctx, c, "size 4097", attr(4097, 10, 0), &[], libc::EINVAL)?;
+    expect_err(
+        ctx,
+        c,
+        "size u32::MAX",
+        attr(u32::MAX, 10, 0),
+        &[],
+        libc::EINVAL,
+    )?;
+    expect_err(ctx, c, "flags 1", attr(OBJ_SIZE, 10, 1), &[], libc::EINVAL)?;
+    expect_err(
+        ctx,
+        c,
+        "flags 0x80000000",
+        attr(OBJ_SIZE, 10, 1 << 31),
+        &[],
+        libc::EINVAL,
+    )?;
+    expect_err(
+        ctx,
+        c,
+        "non-zero byte after flags",
+        attr(OBJ_SIZE, 10, 0),
+        &[0, 0, 0, 1],
+        libc::EINVAL,
+    )?;
+    expect_err(
+        ctx,
+        c,
+        "16 MiB / unit + 1 objects",
+        attr(OBJ_SIZE, max_n + 1, 0),
+        &[],
+        libc::E2BIG,
+    )?;
+    expect_err(
+        ctx,
+        c,
+        "count u32::MAX",
+        attr(OBJ_SIZE, u32::MAX, 0),
+        &[],
+        libc::E2BIG,
+    )?;
+    expect_err(
+        ctx,
+        c,
+        "size 4088 count 4097",
+        attr(MAX_SIZE, 4097, 0),
+        &[],
+        libc::E2BIG,
+    )?;
+
+    // Stacked above the limit: 3000 + 1097 objects of 4096 bytes > 16 MiB.
+    let (big, took) = prefill_timed(MAX_SIZE, 3000)?;
+    ctx.diag(format!(
+        "prefill(4088, 3000): {:.1} ms",
+        took.as_secs_f64() * 1e3
+    ));
+    expect_err(
+        ctx,
+        c,
+        "stacked above 16 MiB",
+        attr(MAX_SIZE, 1097, 0),
+        &[],
+        libc::E2BIG,
+    )?;
+    expect_err(
+        ctx,
+        c,
+        "stacked above 16 MiB, other size",
+        attr(OBJ_SIZE, 80_000, 0),
+        &[],
+        libc::E2BIG,
+    )?;
+    release(ctx, c, "close(prefill(4088, 3000))", vec![big], &s0.caches)?;
+    let (exact, took) = prefill_timed(MAX_SIZE, 4096)?;
+    ctx.diag(format!(
+        "prefill(4088, 4096), exactly 16 MiB per CPU: {:.1} ms",
+        took.as_secs_f64() * 1e3
+    ));
+    expect_err(
+        ctx,
+        c,
+        "one more object at the limit",
+        attr(1, 1, 0),
+        &[],
+        libc::E2BIG,
+    )?;
+    release(
+        ctx,
+        c,
+        "close(prefill(4088, 4096))",
+        vec![exact],
+        &s0.caches,
+    )?;
+
+    // No capabilities.
+    let before = snap(c)?;
+    let e = unprivileged_errno()?;
+    let after = snap(c)?;
+    ctx.diag(format!(
+        "{:<36} -> {} (want EPERM)",
+        "uid 65534, no capabilities",
+        errno_name(e)
+    ));
+    c.eq(
+        "unprivileged caller: errno",
+        errno_name(libc::EPERM),
+        errno_name(e),
+    );
+    for bad in after.caches.marks_changed(&before.caches) {
+        c.fail(format!("unprivileged caller changed the caches: {bad}"));
+    }
+    ctx.diag("ENOMEM not tested: the rig's kernel has no fail_page_alloc (CONFIG_FAIL_PAGE_ALLOC)");
+
+    // the allocator still works: one reservation, released
+    let (fd, _) = prefill_timed(OBJ_SIZE, N)?;
+    release(
+        ctx,
+        c,
+        "prefill(32, 1000) after the errors",
+        vec![fd],
+        &s0.caches,
+    )?;
+    let end = snap(c)?;
+    for bad in end.caches.marks_changed(&s0.caches) {
+        c.fail(format!("caches differ from the start: {bad}"));
+    }
+    checks.eq("reserved at the end", 0, end.res.total.reserved);
+    finish(&mut checks, (), &start)?;
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}
+
+/// What a hammering thread did.
+struct Hammered {
+    cpu: usize,
+    runs: u64,
+    done: u64,
+    fails: u64,
+}
+
+pub fn global_ma_prefill_concurrent(ctx: &Ctx<'_>) -> Result<Outcome> {
+    if let Some(skip) = missing(ctx)? {
+        return Ok(skip);
+    }
+    let mut checks = Checks::new();
+    let (start, s0) = begin(&mut checks)?;
+    let cpus = online(&mut checks, &s0)?;
+    let Some((&home, others)) = cpus.split_first() else {
+        bail!("no online CPU");
+    };
+    if others.is_empty() {
+        return Ok(Outcome::Skip("needs at least 2 online CPUs".into()));
+    }
+    let l = load(ctx)?;
+    const CYCLES: usize = 20;
+
+    let stop = AtomicBool::new(false);
+    let obj = &l.obj;
+    let (hammered, result) = thread::scope(|s| {
+        let workers: Vec<_> = others
+            .iter()
+            .map(|&cpu| {
+                let stop = &stop;
+                s.spawn(move || -> Result<Hammered> {
+                    cpu::pin_current_thread(cpu)?;
+                    write_ctl(
+                        obj,
+                        cpu,
+                        &PfCtl {
+                            cmd: Cmd::Hammer as u32,
+                            tgid: std::process::id(),
+                            n: HAMMER_MAX,
+                            ..PfCtl::default()
+                        },
+                    )?;
+                    while !stop.load(Ordering::Relaxed) {
+                        trigger()?;
+                    }
+                    let c = read_ctl(obj, cpu)?;
+                    write_ctl(obj, cpu, &PfCtl::default())?;
+                    Ok(Hammered {
+                        cpu,
+                        runs: c.runs,
+                        done: c.done,
+                        fails: c.fails,
+                    })
+                })
+            })
+            .collect();
+        // Prefill and release while they run, from the home CPU.
+        let result = (|| -> Result<(OwnedFd, Vec<Duration>)> {
+            let _pin = affinity::pin(home)?;
+            thread::sleep(Duration::from_millis(200));
+            let mut times = Vec::new();
+            for _ in 0..CYCLES {
+                let (fd, t) = prefill_timed(OBJ_SIZE, N)?;
+                times.push(t);
+                drop(fd);
+            }
+            let (fd, t) = prefill_timed(OBJ_SIZE, N)?;
+            times.push(t);
+            thread::sleep(Duration::from_millis(200));
+            Ok((fd, times))
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let hammered: Vec<Result<Hammered>> = workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("hammer thread panicked")))
+            })
+            .collect();
+        (hammered, result)
+    });
+    let (fd, times) = result?;
+    for h in hammered {
+        let h = h?;
+        ctx.diag(format!(
+            "hammer cpu{}: runs {} allocs {} fails {}",
+            h.cpu, h.runs, h.done, h.fails
+        ));
+        if h.runs == 0 {
+            checks.fail(format!("hammer thread on cpu{} never ran", h.cpu));
+        }
+    }
+    let ms: Vec<String> = times
+        .iter()
+        .map(|t| format!("{:.1}", t.as_secs_f64() * 1e3))
+        .collect();
+    ctx.diag(format!(
+        "{} prefills of ({OBJ_SIZE}, {N}) during the hammering, ms: {}",
+        times.len(),
+        ms.join(" ")
+    ));
+
+    let unit = checked_unit(&mut checks, &fd, OBJ_SIZE, N)?;
+    let s1 = snap(&mut checks)?;
+    for &cpu in &cpus {
+        let c = s1.cache(cpu, unit)?;
+        let d = s0.cache(cpu, unit)?;
+        ctx.diag(format!("after the race: {}", s1.describe(cpu, unit)));
+        checks.eq(
+            format!("cpu{cpu}: reserve after the race"),
+            i64::from(N),
+            c.reserve,
+        );
+        checks.eq(
+            format!("cpu{cpu}: high after the race"),
+            d.high + i64::from(N),
+            c.high,
+        );
+        if c.free_cnt < i64::from(N) {
+            checks.fail(format!(
+                "cpu{cpu}: free_cnt {} below the reserve after the race",
+                c.free_cnt
+            ));
+        }
+    }
+    checks.eq(
+        "reserved after the race",
+        i64::from(N) * cpus.len() as i64,
+        s1.res.total.reserved,
+    );
+    expect_conservation(&mut checks, "race", &s0, &s1);
+    for &cpu in &cpus {
+        sequence(ctx, &mut checks, &l.obj, cpu, N, unit, i64::from(N))?;
+    }
+    release(ctx, &mut checks, "close(fd)", vec![fd], &s0.caches)?;
+    let end = snap(&mut checks)?;
+    expect_conservation(&mut checks, "whole test", &s0, &end);
+    finish(&mut checks, (l.links, l.obj), &start)?;
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}
