@@ -67,6 +67,10 @@ pub const ALL: &[Test] = &[
         name: "global_ma_prefill_concurrent",
         run: global_ma::global_ma_prefill_concurrent,
     },
+    Test {
+        name: "global_ma_prefill_enomem",
+        run: global_ma::global_ma_prefill_enomem,
+    },
 ];
 
 /// The one test-only fault `rig.fault=<name>` asks for.

@@ -26,8 +26,8 @@ pub use kptr::{
     global_ma_cross_cpu, global_ma_hash_delete, global_ma_hash_overwrite, global_ma_map_free,
 };
 pub use prefill::{
-    global_ma_prefill_bad_input, global_ma_prefill_concurrent, global_ma_prefill_release,
-    global_ma_prefill_sequence, global_ma_prefill_stacking,
+    global_ma_prefill_bad_input, global_ma_prefill_concurrent, global_ma_prefill_enomem,
+    global_ma_prefill_release, global_ma_prefill_sequence, global_ma_prefill_stacking,
 };
 pub use stress::global_ma_concurrent;
 
