@@ -78,13 +78,18 @@ pub fn tree_state(tree: &Tree) -> Result<String> {
         .stdout_capture()
         .run()
         .context("diffing the tree")?;
-    let untracked = duct::cmd!(
+    // The pinned tree's Debian .gitignore hides everything at its top level,
+    // and its builds are out of tree: there every untracked file counts.
+    let mut others = vec!["ls-files", "--others"];
+    if !tree.managed {
+        others.push("--exclude-standard");
+    }
+    let untracked = duct::cmd(
         "git",
-        "-C",
-        &tree.path,
-        "ls-files",
-        "--others",
-        "--exclude-standard"
+        ["-C".as_ref(), tree.path.as_os_str()]
+            .into_iter()
+            .chain(others.iter().map(|s| s.as_ref()))
+            .collect::<Vec<&std::ffi::OsStr>>(),
     )
     .read()
     .context("listing untracked files")?;

@@ -104,6 +104,20 @@ pub fn apply(tree: &Tree, series: &Series) -> Result<()> {
         }
         return Ok(());
     }
+    // Debian's tree ignores everything at its top level (`/*` in .gitignore),
+    // so a stray file is invisible to `git status`; builds are out of tree,
+    // so any untracked file here is a leftover that could break `git am`.
+    let stray = cmd!(sh, "git -C {path} ls-files --others").quiet().read()?;
+    if !stray.is_empty() {
+        let first: Vec<&str> = stray.lines().take(5).collect();
+        bail!(
+            "{} has untracked files ({}); the series cannot be re-applied over them: \
+             remove them (git -C {} clean -fdx) or move them away",
+            path.display(),
+            first.join(", "),
+            path.display()
+        );
+    }
     if dirty {
         bail!(
             "{} has uncommitted changes and the series `{}` changed: commit or stash them \
@@ -136,6 +150,8 @@ pub fn apply(tree: &Tree, series: &Series) -> Result<()> {
         if !out.status.success() {
             let log = String::from_utf8_lossy(&out.stdout).into_owned();
             let _ = cmd!(sh, "git -C {path} am --abort").quiet().run();
+            // Diagnose against the patches before this one, then reset.
+            let why = describe_failure(path, patch, &log);
             let _ = cmd!(sh, "git -C {path} checkout -q -f {BASELINE_TAG}")
                 .quiet()
                 .run();
@@ -147,7 +163,7 @@ pub fn apply(tree: &Tree, series: &Series) -> Result<()> {
                 patch.display(),
                 i + 1,
                 series.patches.len(),
-                describe_failure(path, patch, &log)
+                why
             );
         }
     }
