@@ -22,6 +22,14 @@ fn verdict(run: &Run) -> &str {
         .unwrap_or("")
 }
 
+/// Brings the kernel and image up to date first, so a test that times
+/// its signal against the boot is not racing a rebuild (an earlier test
+/// may have left the tree on another series).
+fn ensure_image() {
+    let run = xtask(&["image"]);
+    assert_eq!(run.code, Some(0), "cargo xtask image failed:\n{}", run.out);
+}
+
 fn boot_fault(fault: &str, extra: &[&str]) -> Run {
     let append = format!("rig.fault={fault}");
     let mut args = vec!["boot", "--append", &append];
@@ -192,6 +200,7 @@ fn missing_host_tool_names_the_debian_package() {
 #[test]
 #[ignore = "boots a VM"]
 fn ctrl_c_during_boot_kills_qemu_and_keeps_the_run_dir() {
+    ensure_image();
     let start = Instant::now();
     let child = spawn(&["boot", "--append", "rig.fault=fault_hang"]);
     let pgid = Pid::from_raw(child.child.id() as i32);
@@ -278,6 +287,7 @@ fn ctrl_c_at_random_moments_leaves_no_orphans() {
         .unwrap()
         .subsec_nanos() as u64
         | 1;
+    ensure_image();
     let mut orphan_total = 0;
     for i in 0..tries {
         // xorshift: a moment between 0 and 4 s after the start.
