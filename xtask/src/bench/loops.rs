@@ -275,6 +275,8 @@ pub(super) fn cold_prepare(p: &Pipeline, log: &Log) -> Result<PathBuf> {
     ));
     duct::cmd!(
         "git",
+        "-c",
+        "advice.detachedHead=false",
         "clone",
         "-q",
         "--shared",
