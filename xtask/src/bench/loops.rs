@@ -247,8 +247,7 @@ fn note_without_qemu(m: &mut Measurement) {
         .collect();
     if let (Some(a), Some(b)) = (report::min(&rest), report::min(&m.reference)) {
         m.notes.push(format!(
-            "without its boot+tests (QEMU) part ours is min {a:.2}s, {:.2}x the reference: \
-             the rest of the ratio is the selftests' own run time",
+            "without its boot+tests (QEMU) part ours is min {a:.2}s, {:.2}x the reference",
             a / b
         ));
     }
