@@ -11,6 +11,7 @@ mod cmdline;
 mod cpu;
 mod fdinfo;
 mod ktap;
+mod nmi;
 mod prefill;
 mod runner;
 mod stats;

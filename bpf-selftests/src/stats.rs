@@ -345,6 +345,91 @@ pub fn read_with_reserve() -> Result<(Stats, ReserveStats)> {
     Ok((s, r))
 }
 
+/// The busy-list and NMI fields of the stats lines (patches/global-ma
+/// 0010): `alloc_busy free_busy nmi_alloc nmi_alloc_fail nmi_free`, subsets
+/// of `alloc_fail`, `free`, `alloc`, `alloc_fail` and `free`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NmiCounters {
+    pub alloc_busy: u64,
+    pub free_busy: u64,
+    pub nmi_alloc: u64,
+    pub nmi_alloc_fail: u64,
+    pub nmi_free: u64,
+}
+
+impl NmiCounters {
+    /// `self - before`, field by field.
+    pub fn since(&self, before: &NmiCounters) -> NmiCounters {
+        NmiCounters {
+            alloc_busy: self.alloc_busy.wrapping_sub(before.alloc_busy),
+            free_busy: self.free_busy.wrapping_sub(before.free_busy),
+            nmi_alloc: self.nmi_alloc.wrapping_sub(before.nmi_alloc),
+            nmi_alloc_fail: self.nmi_alloc_fail.wrapping_sub(before.nmi_alloc_fail),
+            nmi_free: self.nmi_free.wrapping_sub(before.nmi_free),
+        }
+    }
+}
+
+impl fmt::Display for NmiCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "alloc_busy {} free_busy {} nmi_alloc {} nmi_alloc_fail {} nmi_free {}",
+            self.alloc_busy, self.free_busy, self.nmi_alloc, self.nmi_alloc_fail, self.nmi_free
+        )
+    }
+}
+
+/// The NMI fields of one reading of the stats file, by CPU and in total.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NmiStats {
+    pub cpus: BTreeMap<usize, NmiCounters>,
+    pub total: NmiCounters,
+}
+
+impl NmiStats {
+    /// Parses the NMI fields of a stats file's text (other fields are
+    /// ignored).
+    pub fn parse(text: &str) -> Result<NmiStats> {
+        let mut out = NmiStats::default();
+        let mut have_total = false;
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Some((&label, rest)) = words.split_first() else {
+                continue;
+            };
+            let f = fields(label, rest)?;
+            let c = NmiCounters {
+                alloc_busy: num(&f, label, "alloc_busy")?,
+                free_busy: num(&f, label, "free_busy")?,
+                nmi_alloc: num(&f, label, "nmi_alloc")?,
+                nmi_alloc_fail: num(&f, label, "nmi_alloc_fail")?,
+                nmi_free: num(&f, label, "nmi_free")?,
+            };
+            if label == "total" {
+                out.total = c;
+                have_total = true;
+            } else if let Some(n) = label.strip_prefix("cpu") {
+                let cpu: usize = n
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("bad CPU label {label:?}"))?;
+                out.cpus.insert(cpu, c);
+            } else {
+                bail!("unknown line label {label:?}");
+            }
+        }
+        if !have_total {
+            bail!("no total line");
+        }
+        Ok(out)
+    }
+
+    /// The NMI fields of `cpu` (all zero for a CPU without a line).
+    pub fn cpu(&self, cpu: usize) -> NmiCounters {
+        self.cpus.get(&cpu).copied().unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,6 +526,23 @@ total alloc 15 free 14 alloc_fail 2 refill 1 refill_objs 48 in_use 1
             d[&0].to_string(),
             "alloc +1 free +0 alloc_fail +0 refill +0 refill_objs +0"
         );
+    }
+
+    #[test]
+    fn nmi_fields() {
+        let text = "\
+cpu0 alloc 5 free 5 alloc_fail 2 refill 0 refill_objs 0 alloc_busy 1 free_busy 0 nmi_alloc 4 nmi_alloc_fail 2 nmi_free 3
+total alloc 5 free 5 alloc_fail 2 refill 0 refill_objs 0 in_use 0 alloc_busy 1 free_busy 0 nmi_alloc 4 nmi_alloc_fail 2 nmi_free 3
+";
+        let n = NmiStats::parse(text).unwrap();
+        assert_eq!(n.cpu(0).nmi_alloc, 4);
+        assert_eq!(n.cpu(0).alloc_busy, 1);
+        assert_eq!(n.total.nmi_free, 3);
+        assert_eq!(n.cpu(3), NmiCounters::default());
+        let later = NmiStats::parse(&text.replace("nmi_alloc 4", "nmi_alloc 10")).unwrap();
+        assert_eq!(later.cpu(0).since(&n.cpu(0)).nmi_alloc, 6);
+        // a kernel without the NMI fields
+        assert!(NmiStats::parse(SAMPLE).is_err());
     }
 
     #[test]

@@ -71,6 +71,22 @@ pub const ALL: &[Test] = &[
         name: "global_ma_prefill_enomem",
         run: global_ma::global_ma_prefill_enomem,
     },
+    Test {
+        name: "global_ma_nmi_within_reserve",
+        run: global_ma::global_ma_nmi_within_reserve,
+    },
+    Test {
+        name: "global_ma_nmi_over_reserve",
+        run: global_ma::global_ma_nmi_over_reserve,
+    },
+    Test {
+        name: "global_ma_nmi_hash_kptr",
+        run: global_ma::global_ma_nmi_hash_kptr,
+    },
+    Test {
+        name: "global_ma_nmi_stress",
+        run: global_ma::global_ma_nmi_stress,
+    },
 ];
 
 /// The one test-only fault `rig.fault=<name>` asks for.

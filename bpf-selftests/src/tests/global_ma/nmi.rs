@@ -1,0 +1,709 @@
+//! Allocation from NMI out of the prefilled reserve (patches/global-ma
+//! 0010-0012). The kernel's test NMI source sends NMIs to chosen CPUs and
+//! calls bpf_ma_test_nmi_hook() in each; progs/global_ma_nmi.bpf.c runs
+//! there (and checks it is in NMI), allocating test objects into per-CPU
+//! slots of an array map, or moving them through a hash map:
+//!
+//! - `global_ma_nmi_within_reserve`: prefill N per CPU, K NMIs per CPU of M
+//!   allocations each, K * M = N: no failure, exact counts everywhere;
+//! - `global_ma_nmi_over_reserve`: K * M > N: at least the reserve
+//!   succeeds, every failure is counted the same by the program and the
+//!   allocator, the free lists account for every object, and afterwards
+//!   refill restores the low watermark so that normal and NMI allocations
+//!   succeed again;
+//! - `global_ma_nmi_hash_kptr`: an object stored in a hash map in NMI is
+//!   taken and freed in normal context on another CPU, and the reverse,
+//!   including a hash delete in NMI that frees the object it held;
+//! - `global_ma_nmi_stress`: seconds of NMIs on all CPUs that allocate and
+//!   free, while a thread per CPU allocates and frees and another makes and
+//!   drops reservations: every counter agrees at the end.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::{Link, MapCore, MapFlags, Object};
+
+use super::{attach, expect_deltas, finish, open, quiet_stats, trigger, write_global};
+use crate::affinity;
+use crate::bpf::{self, Pod};
+use crate::caches::Caches;
+use crate::check::Checks;
+use crate::cpu;
+use crate::nmi;
+use crate::prefill;
+use crate::runner::{panic_message, Ctx, Outcome};
+use crate::stats::{self, NmiStats, ReserveStats, Stats};
+
+const OBJECT: &str = "global_ma_nmi";
+/// NMI_SLOTS, NMI_MAX_CPUS in the BPF program.
+const SLOTS: u32 = 4096;
+const MAX_CPUS: usize = 8;
+/// sizeof(struct bpf_ma_testobj), and its size class (with the header).
+const OBJ_SIZE: u32 = 32;
+const UNIT: u32 = 64;
+/// Longest wait for irq_work to refill the free lists after NMIs.
+const REFILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// NMI_OP_* and NORMAL_OP_ALLOC in the BPF program.
+const OP_NONE: u32 = 0;
+const OP_HOLD: u32 = 1;
+const OP_RING: u32 = 2;
+const OP_HASH_STASH: u32 = 3;
+const OP_HASH_TAKE: u32 = 4;
+const OP_HASH_DELETE: u32 = 5;
+const OP_ALLOC: u32 = 6;
+
+/// `struct nmi_ctl`, the object's `.bss`.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct NmiCtl {
+    tgid: u32,
+    op: u32,
+    normal_op: u32,
+    per_nmi: u32,
+    slots: u32,
+    key: u32,
+}
+
+/// `struct nmi_counts`, the value of the `counts` array.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct Counts {
+    nmis: u64,
+    in_nmi: u64,
+    allocs: u64,
+    nulls: u64,
+    releases: u64,
+    stored: u64,
+    taken: u64,
+    deletes: u64,
+    full: u64,
+    errs: u64,
+    last_err: i64,
+    next_slot: u64,
+    normal_runs: u64,
+}
+// SAFETY: repr(C), integers only, same layout as the C structs.
+unsafe impl Pod for NmiCtl {}
+unsafe impl Pod for Counts {}
+
+/// `struct gma_val`: the kptr (written as 0 from user space) and a tag.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct GmaVal {
+    obj: u64,
+    tag: u64,
+}
+// SAFETY: repr(C), integers only.
+unsafe impl Pod for GmaVal {}
+
+/// Everything a test needs to skip, or the online CPUs.
+fn preflight(ctx: &Ctx<'_>) -> Result<std::result::Result<Vec<usize>, Outcome>> {
+    if let Some(skip) = super::missing_feature(ctx, OBJECT) {
+        return Ok(Err(skip));
+    }
+    if !nmi::available() {
+        return Ok(Err(Outcome::Skip(format!(
+            "{} missing: this kernel has no NMI test source \
+             (CONFIG_BPF_GLOBAL_MA_TEST_NMI)",
+            nmi::NMI_PATH
+        ))));
+    }
+    let cpus = cpu::online_cpus()?;
+    if let Some(&c) = cpus.iter().find(|&&c| c >= MAX_CPUS) {
+        bail!("CPU {c} is beyond NMI_MAX_CPUS ({MAX_CPUS}) of the BPF program");
+    }
+    Ok(Ok(cpus))
+}
+
+struct Loaded {
+    obj: Object,
+    links: Vec<Link>,
+    ctl: NmiCtl,
+}
+
+impl Loaded {
+    fn new(ctx: &Ctx<'_>) -> Result<Loaded> {
+        let mut open = open(ctx, OBJECT)?;
+        let ctl = NmiCtl {
+            tgid: std::process::id(),
+            ..NmiCtl::default()
+        };
+        bpf::set_global(&mut open, ".bss", &ctl)?;
+        let obj = bpf::load(open, OBJECT)?;
+        let links = attach(&obj, &["nmi_hook", "normal_op"])?;
+        Ok(Loaded { obj, links, ctl })
+    }
+
+    fn set(&mut self, f: impl FnOnce(&mut NmiCtl)) -> Result<()> {
+        f(&mut self.ctl);
+        write_global(&self.obj, ".bss", &self.ctl)
+    }
+
+    /// The program's counters of `cpu`, of nmi_hook or of normal_op.
+    fn counts(&self, cpu: usize, in_nmi: bool) -> Result<Counts> {
+        let key = (cpu + if in_nmi { 0 } else { MAX_CPUS }) as u32;
+        let bytes = bpf::map(&self.obj, "counts")?
+            .lookup(&key.to_ne_bytes(), MapFlags::ANY)?
+            .with_context(|| format!("counts has no element {key}"))?;
+        bpf::read_pod(&bytes)
+    }
+
+    /// Runs normal_op once on `cpu` (getpgid from a pinned thread).
+    fn normal_on(&self, cpu: usize) -> Result<()> {
+        let _pin = affinity::pin(cpu)?;
+        trigger()
+    }
+}
+
+/// One reading of the stats file, all field groups.
+struct Snap {
+    stats: Stats,
+    nmi: NmiStats,
+    reserve: ReserveStats,
+}
+
+fn snap(checks: &mut Checks) -> Result<Snap> {
+    let text = fs::read_to_string(stats::STATS_PATH)
+        .with_context(|| format!("reading {}", stats::STATS_PATH))?;
+    let stats = Stats::parse(&text)?;
+    for bad in stats.inconsistencies() {
+        checks.fail(format!("{}: {bad}", stats::STATS_PATH));
+    }
+    Ok(Snap {
+        stats,
+        nmi: NmiStats::parse(&text)?,
+        reserve: ReserveStats::parse(&text)?,
+    })
+}
+
+/// Checks the program ran in NMI every time, without errors.
+fn expect_clean_nmi_runs(checks: &mut Checks, cpu: usize, p: &Counts, nmis: u64) {
+    checks.eq(format!("cpu{cpu}: nmi_hook runs"), nmis, p.nmis);
+    checks.eq(format!("cpu{cpu}: runs with in_nmi()"), p.nmis, p.in_nmi);
+    checks.eq(
+        format!("cpu{cpu}: program errors (last {})", p.last_err),
+        0,
+        p.errs,
+    );
+}
+
+/// Polls the caches until every CPU's free list of the test objects' class
+/// is at its low watermark again.
+fn wait_low_watermark(cpus: &[usize]) -> Result<(Caches, bool, Duration)> {
+    let start = Instant::now();
+    loop {
+        let c = Caches::read()?;
+        let ok = cpus.iter().all(|&cpu| {
+            c.get(cpu, UNIT)
+                .map(|l| l.free_cnt >= l.low)
+                .unwrap_or(false)
+        });
+        if ok || start.elapsed() > REFILL_TIMEOUT {
+            return Ok((c, ok, start.elapsed()));
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn free_cnt(c: &Caches, cpu: usize) -> Result<i64> {
+    c.get(cpu, UNIT)
+        .map(|l| l.free_cnt)
+        .with_context(|| format!("no cpu{cpu} unit {UNIT} line in the caches file"))
+}
+
+fn per_sec(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+pub fn global_ma_nmi_within_reserve(ctx: &Ctx<'_>) -> Result<Outcome> {
+    const N: u32 = 512;
+    const K: u64 = 16;
+    const M: u32 = 32;
+    let cpus = match preflight(ctx)? {
+        Ok(c) => c,
+        Err(skip) => return Ok(skip),
+    };
+    let mut checks = Checks::new();
+    let start = quiet_stats(&mut checks)?;
+    let mut l = Loaded::new(ctx)?;
+    let reservation = prefill::prefill(OBJ_SIZE, N, 0).context("prefill")?;
+    l.set(|c| {
+        c.op = OP_HOLD;
+        c.per_nmi = M;
+        c.slots = SLOTS;
+    })?;
+
+    let s0 = snap(&mut checks)?;
+    let h0 = nmi::read()?;
+    let took = nmi::send(&cpus, K)?;
+    let s1 = snap(&mut checks)?;
+    let h1 = nmi::read()?;
+
+    let want = K * u64::from(M);
+    for &c in &cpus {
+        let p = l.counts(c, true)?;
+        expect_clean_nmi_runs(&mut checks, c, &p, K);
+        checks.eq(
+            format!("cpu{c}: NMIs handled by the source"),
+            K,
+            h1[&c].ipi - h0[&c].ipi,
+        );
+        checks.eq(format!("cpu{c}: allocations in NMI"), want, p.allocs);
+        checks.eq(format!("cpu{c}: failed allocations in NMI"), 0, p.nulls);
+        checks.eq(format!("cpu{c}: objects stored"), want, p.stored);
+        let n = s1.nmi.cpu(c).since(&s0.nmi.cpu(c));
+        checks.eq(
+            format!("cpu{c}: allocator nmi_alloc delta"),
+            want,
+            n.nmi_alloc,
+        );
+        checks.eq(
+            format!("cpu{c}: allocator nmi_alloc_fail delta"),
+            0,
+            n.nmi_alloc_fail,
+        );
+    }
+    let per_cpu: Vec<(usize, i64, i64)> = cpus.iter().map(|&c| (c, want as i64, 0)).collect();
+    expect_deltas(&mut checks, "NMI storm", &s0.stats, &s1.stats, &per_cpu);
+    let nmis = K * cpus.len() as u64;
+    ctx.diag(format!(
+        "{nmis} NMIs ({K} per CPU on {} CPUs) in {:.1} ms: {:.0} NMIs/s, {:.0} allocations/s \
+         in NMI, 0 failures expected, {} seen",
+        cpus.len(),
+        took.as_secs_f64() * 1e3,
+        per_sec(nmis, took),
+        per_sec(want * cpus.len() as u64, took),
+        s1.nmi.total.since(&s0.nmi.total).nmi_alloc_fail
+    ));
+
+    drop(l.links);
+    finish(&mut checks, (l.obj, reservation), &start)?;
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}
+
+pub fn global_ma_nmi_over_reserve(ctx: &Ctx<'_>) -> Result<Outcome> {
+    const N: u32 = 512;
+    const K: u64 = 16;
+    const M: u32 = 48;
+    let cpus = match preflight(ctx)? {
+        Ok(c) => c,
+        Err(skip) => return Ok(skip),
+    };
+    let mut checks = Checks::new();
+    let start = quiet_stats(&mut checks)?;
+    let mut l = Loaded::new(ctx)?;
+    let reservation = prefill::prefill(OBJ_SIZE, N, 0).context("prefill")?;
+    l.set(|c| {
+        c.op = OP_HOLD;
+        c.per_nmi = M;
+        c.slots = SLOTS;
+    })?;
+
+    let c0 = Caches::read()?;
+    let s0 = snap(&mut checks)?;
+    let took = nmi::send(&cpus, K)?;
+    let (c1, refilled, refill_took) = wait_low_watermark(&cpus)?;
+    let s1 = snap(&mut checks)?;
+    if !refilled {
+        checks.fail(format!(
+            "a free list stayed below its low watermark {REFILL_TIMEOUT:?} after the NMIs"
+        ));
+    }
+
+    let asked = K * u64::from(M);
+    let mut report = Vec::new();
+    for &c in &cpus {
+        let p = l.counts(c, true)?;
+        expect_clean_nmi_runs(&mut checks, c, &p, K);
+        checks.eq(
+            format!("cpu{c}: allocations + failures"),
+            asked,
+            p.allocs + p.nulls,
+        );
+        let f0 = free_cnt(&c0, c)?;
+        let f1 = free_cnt(&c1, c)?;
+        // The reservation (and the default list on top) is there for NMI.
+        if (p.allocs as i64) < f0 {
+            checks.fail(format!(
+                "cpu{c}: only {} allocations in NMI succeeded, with {f0} objects on the free \
+                 list ({N} reserved) before the NMIs",
+                p.allocs
+            ));
+        }
+        let d = s1.stats.cpu(c).since(&s0.stats.cpu(c));
+        let n = s1.nmi.cpu(c).since(&s0.nmi.cpu(c));
+        let r1 = s1.reserve.cpu(c);
+        let r0 = s0.reserve.cpu(c);
+        checks.eq(
+            format!("cpu{c}: allocator alloc delta"),
+            p.allocs as i64,
+            d.alloc,
+        );
+        checks.eq(
+            format!("cpu{c}: allocator alloc_fail delta"),
+            p.nulls as i64,
+            d.alloc_fail,
+        );
+        checks.eq(
+            format!("cpu{c}: allocator nmi_alloc delta"),
+            p.allocs,
+            n.nmi_alloc,
+        );
+        checks.eq(
+            format!("cpu{c}: allocator nmi_alloc_fail delta"),
+            p.nulls,
+            n.nmi_alloc_fail,
+        );
+        checks.eq(
+            format!("cpu{c}: allocator alloc_busy delta"),
+            0,
+            n.alloc_busy,
+        );
+        // Every object on or off the free list is accounted for.
+        let trimmed = r1.trim_objs.wrapping_sub(r0.trim_objs) as i64;
+        checks.eq(
+            format!("cpu{c}: free_cnt change = refill_objs - trim_objs - allocs"),
+            d.refill_objs - trimmed - p.allocs as i64,
+            f1 - f0,
+        );
+        report.push(format!(
+            "cpu{c} {}/{asked} ok, {} failed (free list {f0}, refilled {} between NMIs)",
+            p.allocs, p.nulls, d.refill_objs
+        ));
+    }
+    ctx.diag(format!(
+        "{K} NMIs x {M} allocations per CPU, {N} reserved, in {:.1} ms; free lists back at \
+         the low watermark {:.1} ms later",
+        took.as_secs_f64() * 1e3,
+        refill_took.as_secs_f64() * 1e3
+    ));
+    ctx.diag(report.join("; "));
+
+    // Healthy again: a normal allocation, then an NMI allocation, on every CPU.
+    l.set(|c| {
+        c.normal_op = OP_ALLOC;
+        c.per_nmi = 1;
+    })?;
+    for &c in &cpus {
+        let before = l.counts(c, false)?;
+        l.normal_on(c)?;
+        let after = l.counts(c, false)?;
+        checks.eq(
+            format!("cpu{c}: normal allocation after the NMIs succeeded"),
+            (1, 0),
+            (after.allocs - before.allocs, after.nulls - before.nulls),
+        );
+    }
+    let before: BTreeMap<usize, Counts> = cpus
+        .iter()
+        .map(|&c| Ok((c, l.counts(c, true)?)))
+        .collect::<Result<_>>()?;
+    nmi::send(&cpus, 1)?;
+    for &c in &cpus {
+        let after = l.counts(c, true)?;
+        checks.eq(
+            format!("cpu{c}: NMI allocation after refill succeeded"),
+            (1, 0),
+            (
+                after.allocs - before[&c].allocs,
+                after.nulls - before[&c].nulls,
+            ),
+        );
+    }
+
+    drop(l.links);
+    finish(&mut checks, (l.obj, reservation), &start)?;
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}
+
+pub fn global_ma_nmi_hash_kptr(ctx: &Ctx<'_>) -> Result<Outcome> {
+    let cpus = match preflight(ctx)? {
+        Ok(c) => c,
+        Err(skip) => return Ok(skip),
+    };
+    if cpus.len() < 2 {
+        bail!("needs two online CPUs, has {cpus:?}");
+    }
+    let mut checks = Checks::new();
+    let start = quiet_stats(&mut checks)?;
+    let mut l = Loaded::new(ctx)?;
+    let pairs = [(cpus[0], cpus[1]), (cpus[cpus.len() - 1], cpus[0])];
+    {
+        let hash = bpf::map(&l.obj, "hash")?;
+        for key in 1..=(3 * pairs.len() as u32) {
+            hash.update(
+                &key.to_ne_bytes(),
+                &bpf::pod_bytes(&GmaVal::default()),
+                MapFlags::NO_EXIST,
+            )
+            .with_context(|| format!("inserting hash element {key}"))?;
+        }
+    }
+
+    for (i, &(a, b)) in pairs.iter().enumerate() {
+        let key = 3 * i as u32 + 1;
+        // NMI on a stores, normal context on b takes and frees.
+        let s0 = snap(&mut checks)?;
+        l.set(|c| {
+            c.op = OP_HASH_STASH;
+            c.normal_op = OP_HASH_TAKE;
+            c.key = key;
+        })?;
+        nmi::send(&[a], 1)?;
+        l.normal_on(b)?;
+        let s1 = snap(&mut checks)?;
+        let what = format!("NMI stash on cpu{a}, take on cpu{b}");
+        expect_deltas(
+            &mut checks,
+            &what,
+            &s0.stats,
+            &s1.stats,
+            &[(a, 1, 0), (b, 0, 1)],
+        );
+        let n = s1.nmi.total.since(&s0.nmi.total);
+        checks.eq(
+            format!("{what}: nmi_alloc, nmi_free"),
+            (1, 0),
+            (s1.nmi.cpu(a).since(&s0.nmi.cpu(a)).nmi_alloc, n.nmi_free),
+        );
+
+        // Normal context on b stores, NMI on a takes and frees; then the
+        // same with an NMI delete that makes the map free the object.
+        for (op, k, how) in [
+            (OP_HASH_TAKE, key + 1, "take"),
+            (OP_HASH_DELETE, key + 2, "delete"),
+        ] {
+            let s0 = snap(&mut checks)?;
+            l.set(|c| {
+                c.op = op;
+                c.normal_op = OP_HASH_STASH;
+                c.key = k;
+            })?;
+            l.normal_on(b)?;
+            nmi::send(&[a], 1)?;
+            let s1 = snap(&mut checks)?;
+            let what = format!("stash on cpu{b}, NMI {how} on cpu{a}");
+            expect_deltas(
+                &mut checks,
+                &what,
+                &s0.stats,
+                &s1.stats,
+                &[(b, 1, 0), (a, 0, 1)],
+            );
+            let n = s1.nmi.total.since(&s0.nmi.total);
+            checks.eq(
+                format!("{what}: nmi_alloc, nmi_free on cpu{a}"),
+                (0, 1),
+                (n.nmi_alloc, s1.nmi.cpu(a).since(&s0.nmi.cpu(a)).nmi_free),
+            );
+        }
+        let gone = bpf::map(&l.obj, "hash")?.lookup(&(key + 2).to_ne_bytes(), MapFlags::ANY)?;
+        if gone.is_some() {
+            checks.fail(format!(
+                "hash element {} still there after the NMI delete",
+                key + 2
+            ));
+        }
+    }
+    for &c in &cpus {
+        for nmi_side in [true, false] {
+            let p = l.counts(c, nmi_side)?;
+            checks.eq(
+                format!(
+                    "cpu{c}: {} errors (last {})",
+                    if nmi_side { "nmi_hook" } else { "normal_op" },
+                    p.last_err
+                ),
+                0,
+                p.errs,
+            );
+            if nmi_side {
+                checks.eq(format!("cpu{c}: runs with in_nmi()"), p.nmis, p.in_nmi);
+            }
+        }
+    }
+    ctx.diag(format!(
+        "{} CPU pairs x 3 hand-overs between NMI and normal context",
+        pairs.len()
+    ));
+
+    l.set(|c| c.op = OP_NONE)?;
+    drop(l.links);
+    finish(&mut checks, l.obj, &start)?;
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}
+
+/// What the stress threads did.
+#[derive(Default)]
+struct StressRun {
+    rounds: u64,
+    nmi_time: Duration,
+    calls: BTreeMap<usize, u64>,
+    prefills: u64,
+}
+
+fn join<T>(r: thread::Result<Result<T>>, what: &str) -> Result<T> {
+    r.map_err(|p| anyhow::anyhow!("{what} panicked: {}", panic_message(p.as_ref())))?
+        .with_context(|| what.to_string())
+}
+
+fn stress_threads(cpus: &[usize], duration: Duration) -> Result<StressRun> {
+    const ROUNDS: u64 = 25;
+    let deadline = Instant::now() + duration;
+    thread::scope(|s| -> Result<StressRun> {
+        let sender = s.spawn(move || -> Result<(u64, Duration)> {
+            let (mut rounds, mut took) = (0, Duration::ZERO);
+            while Instant::now() < deadline {
+                took += nmi::send(cpus, ROUNDS)?;
+                rounds += ROUNDS;
+            }
+            Ok((rounds, took))
+        });
+        let users: Vec<_> = cpus
+            .iter()
+            .map(|&c| {
+                s.spawn(move || -> Result<(usize, u64)> {
+                    cpu::pin_current_thread(c)?;
+                    let mut calls = 0;
+                    while Instant::now() < deadline {
+                        trigger()?;
+                        calls += 1;
+                    }
+                    Ok((c, calls))
+                })
+            })
+            .collect();
+        let reserver = s.spawn(move || -> Result<u64> {
+            let mut n = 0;
+            while Instant::now() < deadline {
+                // Both the test objects' class and another one.
+                let size = if n % 2 == 0 { OBJ_SIZE } else { 100 };
+                let fd: OwnedFd = prefill::prefill(size, 64, 0)
+                    .with_context(|| format!("prefill({size}, 64) number {n}"))?;
+                drop(fd);
+                n += 1;
+            }
+            Ok(n)
+        });
+
+        let mut run = StressRun::default();
+        (run.rounds, run.nmi_time) = join(sender.join(), "NMI sender")?;
+        for u in users {
+            let (c, calls) = join(u.join(), "allocating thread")?;
+            run.calls.insert(c, calls);
+        }
+        run.prefills = join(reserver.join(), "reserving thread")?;
+        Ok(run)
+    })
+}
+
+pub fn global_ma_nmi_stress(ctx: &Ctx<'_>) -> Result<Outcome> {
+    const DURATION: Duration = Duration::from_secs(3);
+    const BASE: u32 = 256;
+    let cpus = match preflight(ctx)? {
+        Ok(c) => c,
+        Err(skip) => return Ok(skip),
+    };
+    let mut checks = Checks::new();
+    let start = quiet_stats(&mut checks)?;
+    let mut l = Loaded::new(ctx)?;
+    let reservation = prefill::prefill(OBJ_SIZE, BASE, 0).context("prefill")?;
+    l.set(|c| {
+        c.op = OP_RING;
+        c.per_nmi = 4;
+        c.slots = BASE;
+        c.normal_op = OP_ALLOC;
+    })?;
+
+    let s0 = snap(&mut checks)?;
+    let h0 = nmi::read()?;
+    let run = stress_threads(&cpus, DURATION)?;
+    l.set(|c| {
+        c.op = OP_NONE;
+        c.normal_op = OP_NONE;
+    })?;
+    let s1 = snap(&mut checks)?;
+    let h1 = nmi::read()?;
+
+    let (mut held, mut nmi_allocs, mut nmis, mut nmi_fails, mut busy) = (0i64, 0, 0, 0, 0);
+    for &c in &cpus {
+        let p = l.counts(c, true)?;
+        let q = l.counts(c, false)?;
+        let sent = h1[&c].ipi - h0[&c].ipi;
+        expect_clean_nmi_runs(&mut checks, c, &p, sent);
+        checks.eq(format!("cpu{c}: NMIs per CPU"), run.rounds, sent);
+        checks.eq(
+            format!("cpu{c}: normal_op runs"),
+            run.calls.get(&c).copied().unwrap_or(0),
+            q.normal_runs,
+        );
+        checks.eq(
+            format!("cpu{c}: normal_op errors (last {})", q.last_err),
+            0,
+            q.errs,
+        );
+        let d = s1.stats.cpu(c).since(&s0.stats.cpu(c));
+        let n = s1.nmi.cpu(c).since(&s0.nmi.cpu(c));
+        checks.eq(
+            format!("cpu{c}: allocator alloc delta = NMI + normal allocations"),
+            (p.allocs + q.allocs) as i64,
+            d.alloc,
+        );
+        checks.eq(
+            format!("cpu{c}: allocator alloc_fail delta = NMI + normal failures"),
+            (p.nulls + q.nulls) as i64,
+            d.alloc_fail,
+        );
+        checks.eq(
+            format!("cpu{c}: allocator free delta = NMI + normal releases"),
+            (p.releases + q.releases) as i64,
+            d.free,
+        );
+        checks.eq(
+            format!("cpu{c}: allocator nmi_alloc, nmi_alloc_fail, nmi_free"),
+            (p.allocs, p.nulls, p.releases),
+            (n.nmi_alloc, n.nmi_alloc_fail, n.nmi_free),
+        );
+        // Within the reserve, an NMI allocation only fails when it
+        // interrupted the allocator on its CPU.
+        if n.nmi_alloc_fail > n.alloc_busy {
+            checks.fail(format!(
+                "cpu{c}: {} NMI allocations failed but only {} found the free list busy",
+                n.nmi_alloc_fail, n.alloc_busy
+            ));
+        }
+        held += p.stored as i64 - p.taken as i64;
+        nmi_allocs += p.allocs;
+        nmis += sent;
+        nmi_fails += p.nulls;
+        busy += n.alloc_busy + n.free_busy;
+    }
+    checks.eq(
+        "in_use delta = objects held in the ring",
+        held,
+        s1.stats.in_use - s0.stats.in_use,
+    );
+    let calls: u64 = run.calls.values().sum();
+    ctx.diag(format!(
+        "{:.1} s: {nmis} NMIs ({:.0}/s), {nmi_allocs} allocations in NMI ({:.0}/s), \
+         {nmi_fails} failed; {calls} normal alloc+free calls; {} reservations made and \
+         dropped; {busy} allocations/frees found the free list busy",
+        DURATION.as_secs_f64(),
+        per_sec(nmis, run.nmi_time),
+        per_sec(nmi_allocs, run.nmi_time),
+        run.prefills
+    ));
+
+    drop(l.links);
+    finish(&mut checks, (l.obj, reservation), &start)?;
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}
