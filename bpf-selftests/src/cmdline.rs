@@ -24,11 +24,17 @@ pub struct Config {
     pub libbpf_debug: bool,
     /// `rig.fault=NAME`: run only the test-only fault NAME (see tests/faults.rs).
     pub fault: Option<String>,
+    /// `rig.bench=NAME`: run the benchmark NAME instead of the selftests
+    /// (see bench/mod.rs), tuned by `rig.bench.<param>=VALUE` words.
+    pub bench: Option<String>,
+    /// `rig.bench.<param>=VALUE` words, in command line order.
+    pub bench_params: Vec<(String, String)>,
 }
 
 pub const USAGE: &str =
     "usage: bpf-selftests [--ktap PATH] [--bpf-dir DIR] [--filter SUBSTR] [--list] [--libbpf-debug]
-Reads rig.cpus=N and rig.filter=SUBSTR from /proc/cmdline; --filter overrides rig.filter.";
+Reads rig.cpus=N, rig.filter=SUBSTR and rig.bench=NAME (with rig.bench.<param>=VALUE)
+from /proc/cmdline; --filter overrides rig.filter.";
 
 impl Config {
     /// /proc/cmdline (if readable) overlaid with command line arguments.
@@ -54,6 +60,15 @@ impl Config {
                 cfg.filter = (!v.is_empty()).then(|| v.to_string());
             } else if let Some(v) = word.strip_prefix("rig.fault=") {
                 cfg.fault = (!v.is_empty()).then(|| v.to_string());
+            } else if let Some(v) = word.strip_prefix("rig.bench=") {
+                cfg.bench = (!v.is_empty()).then(|| v.to_string());
+            } else if let Some(param) = word.strip_prefix("rig.bench.") {
+                let (k, v) = param.split_once('=').with_context(|| {
+                    format!(
+                        "bad {word:?} on the kernel command line (want rig.bench.<param>=VALUE)"
+                    )
+                })?;
+                cfg.bench_params.push((k.to_string(), v.to_string()));
             }
         }
         Ok(cfg)
@@ -108,6 +123,24 @@ mod tests {
         assert_eq!(c.cpus, None);
         assert!(c.selects("anything"));
         assert!(Config::from_cmdline("rig.cpus=four").is_err());
+    }
+
+    #[test]
+    fn bench_words() {
+        let c = Config::from_cmdline(
+            "rig.cpus=2 rig.bench=alloc rig.bench.reps=5 rig.bench.sizes=32,256",
+        )
+        .unwrap();
+        assert_eq!(c.bench.as_deref(), Some("alloc"));
+        assert_eq!(
+            c.bench_params,
+            vec![
+                ("reps".to_string(), "5".to_string()),
+                ("sizes".to_string(), "32,256".to_string())
+            ]
+        );
+        assert!(Config::from_cmdline("rig.bench.reps").is_err());
+        assert_eq!(Config::from_cmdline("rig.bench=").unwrap().bench, None);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Guest-side BPF selftest runner: loads the BPF programs under
 //! /lib/bpf-selftests with libbpf-rs and reports KTAP on the `ktap`
-//! virtio-serial port. See tests/mod.rs for the test table.
+//! virtio-serial port. See tests/mod.rs for the test table, and bench/mod.rs
+//! for the benchmarks run instead with `rig.bench=NAME`.
 
 mod affinity;
+mod bench;
 mod bpf;
 mod btf_tags;
 mod caches;
@@ -42,9 +44,10 @@ fn real_main() -> Result<bool> {
     }
     let ktap = ktap::Ktap::open(cfg.ktap.as_deref())?.install();
     bpf::forward_libbpf_log(cfg.libbpf_debug);
-    let table = match &cfg.fault {
-        Some(name) => tests::fault(name)?,
-        None => tests::ALL,
+    let table = match (&cfg.fault, &cfg.bench) {
+        (Some(name), _) => tests::fault(name)?,
+        (None, Some(name)) => bench::table(name, &cfg)?,
+        (None, None) => tests::ALL,
     };
     Ok(runner::run(ktap, &cfg, table))
 }

@@ -14,7 +14,11 @@
 //!
 //! The work-dir lock is held for the whole bench (the edit in step 3 must
 //! never be seen by another run); the `cargo xtask test` children run under it.
+//!
+//! `cargo xtask bench alloc` (bench/alloc.rs) measures the allocator itself,
+//! in one guest boot.
 
+mod alloc;
 mod boot;
 mod boottime;
 mod loops;
@@ -34,6 +38,8 @@ use crate::pipeline::Pipeline;
 use crate::progress::fmt_secs;
 use crate::{lock, results, signals};
 use report::{Measurement, Y};
+
+pub use alloc::run as alloc;
 
 /// The config fragment that lets vng boot the kernel (9p root, overlayfs).
 const VIRTME_FRAGMENT: &str = "virtme";

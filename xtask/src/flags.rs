@@ -62,6 +62,28 @@ pub struct BenchFlags {
 pub enum BenchWhat {
     /// The rig's loop against virtme-ng and plain make, on the same kernel.
     Rig(BenchRigFlags),
+    /// ns per alloc+free of the global allocator against kmalloc and a
+    /// per-map bpf_mem_alloc, in NMI, and the prefill syscall: one guest boot.
+    Alloc(BenchAllocFlags),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchAllocFlags {
+    #[command(flatten)]
+    pub boot: BootFlags,
+    /// Repetitions of each measurement (min and median are printed).
+    #[arg(long, default_value_t = 5)]
+    pub runs: u32,
+    /// Object sizes in bytes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "32,256")]
+    pub sizes: Vec<u32>,
+    /// Allocations (each followed by its free) per measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub loops: u64,
+    /// Allocations per NMI in the NMI measurement, and the objects reserved
+    /// for them with BPF_GLOBAL_MA_PREFILL.
+    #[arg(long, default_value_t = 1_000)]
+    pub batch: u32,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         flags::Cmd::Bisect(f) => bisect::run(f),
         flags::Cmd::Bench(f) => match f.what {
             flags::BenchWhat::Rig(r) => bench::rig(r),
+            flags::BenchWhat::Alloc(a) => bench::alloc(a),
         },
         flags::Cmd::BisectStep(f) => bisect::step(f),
     };

@@ -72,6 +72,8 @@ pub struct Summary {
     pub failing: Vec<String>,
     pub first_splat: Option<String>,
     pub run_dir: std::path::PathBuf,
+    /// The accelerator the guest ran under (`Accel::name`).
+    pub accel: String,
 }
 
 impl Summary {
@@ -281,6 +283,7 @@ pub fn boot_and_judge(
                 .join("\n")
         }),
         run_dir,
+        accel: accel.name(),
     })
 }
 

@@ -95,7 +95,6 @@ fn min_median(v: &[f64]) -> String {
 
 /// The table, one row per measurement.
 pub fn table(ms: &[Measurement]) -> String {
-    let mut out = String::new();
     let head = [
         "measurement",
         "ours (min / median)",
@@ -104,7 +103,7 @@ pub fn table(ms: &[Measurement]) -> String {
         "goal",
         "ok?",
     ];
-    let rows: Vec<[String; 6]> = ms
+    let rows: Vec<Vec<String>> = ms
         .iter()
         .map(|m| {
             let (ratio, ok) = match (m.ratio().filter(|_| m.not_measured.is_none()), m.met()) {
@@ -114,7 +113,7 @@ pub fn table(ms: &[Measurement]) -> String {
                 ),
                 _ => ("-".to_string(), "not measured".to_string()),
             };
-            [
+            vec![
                 m.title.to_string(),
                 min_median(&m.ours),
                 min_median(&m.reference),
@@ -124,15 +123,21 @@ pub fn table(ms: &[Measurement]) -> String {
             ]
         })
         .collect();
-    let mut width = head.map(str::len);
-    for r in &rows {
+    render(&head, &rows)
+}
+
+/// A plain-text table: `head`, a rule, then `rows`, columns ` | `-separated
+/// and padded to their widest cell (the last column is not padded).
+pub fn render(head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
         for (w, c) in width.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
     let line = |cells: &[String]| {
         let mut l = String::new();
-        for (i, (c, w)) in cells.iter().zip(width).enumerate() {
+        for (i, (c, w)) in cells.iter().zip(&width).enumerate() {
             if i > 0 {
                 l.push_str(" | ");
             }
@@ -144,9 +149,11 @@ pub fn table(ms: &[Measurement]) -> String {
         l.push('\n');
         l
     };
-    out.push_str(&line(&head.map(str::to_string)));
-    out.push_str(&line(&width.map(|w| "-".repeat(w))));
-    for r in &rows {
+    let mut out = line(&head.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    out.push_str(&line(
+        &width.iter().map(|&w| "-".repeat(w)).collect::<Vec<_>>(),
+    ));
+    for r in rows {
         out.push_str(&line(r));
     }
     out

@@ -1,0 +1,387 @@
+//! From the figures to what `bench alloc` prints and records: min and
+//! median per measurement, ratios against kmalloc, the goals, the table and
+//! bench-alloc.yaml.
+
+use super::figures::{Figures, MODES, PREFILL_COUNTS};
+use crate::bench::report::{median, min, render, Y};
+
+/// Goal: global alloc+free at most this fraction of kmalloc+kfree (min/min).
+pub const GLOBAL_VS_KMALLOC_GOAL: f64 = 0.5;
+
+/// What each mode of the kernel's bench file times, for the table.
+fn mode_title(mode: &str, batch: u32) -> String {
+    match mode {
+        "kmalloc" => "kmalloc(GFP_KERNEL)+kfree".into(),
+        "global" => "global alloc+free (bpf_global_ma)".into(),
+        "cache" => "6.1 per-map bpf_mem_alloc+free (cache)".into(),
+        "nmi" => format!(
+            "global alloc+free in NMI ({} per NMI, reserved)",
+            power(batch.into())
+        ),
+        other => other.into(),
+    }
+}
+
+/// `10^5` for powers of ten from 100 up, else the number.
+pub fn power(n: u64) -> String {
+    let mut e = 0;
+    let mut x = n;
+    while x >= 10 && x.is_multiple_of(10) {
+        x /= 10;
+        e += 1;
+    }
+    if x == 1 && e >= 2 {
+        format!("10^{e}")
+    } else {
+        n.to_string()
+    }
+}
+
+/// One goal and whether it was met.
+pub struct Goal {
+    pub key: String,
+    pub what: String,
+    pub value: f64,
+    pub goal: String,
+    pub met: bool,
+}
+
+pub struct Summary<'a> {
+    pub f: &'a Figures,
+    pub goals: Vec<Goal>,
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a? / b?)
+}
+
+impl Summary<'_> {
+    pub fn new(f: &Figures) -> Summary<'_> {
+        let mut goals = Vec::new();
+        for &size in &f.setup.sizes {
+            let global = min(&f.ns_per_op("global", size));
+            let kmalloc = min(&f.ns_per_op("kmalloc", size));
+            if let Some(r) = ratio(global, kmalloc) {
+                goals.push(Goal {
+                    key: format!("global_vs_kmalloc_{size}"),
+                    what: format!("global / kmalloc alloc+free at {size} bytes (min / min)"),
+                    value: r,
+                    goal: format!("<= {GLOBAL_VS_KMALLOC_GOAL:.2}x"),
+                    met: r <= GLOBAL_VS_KMALLOC_GOAL,
+                });
+            }
+            let fails = f.fails("nmi", size);
+            let worst = fails.iter().copied().max().unwrap_or(0);
+            goals.push(Goal {
+                key: format!("nmi_fails_{size}"),
+                what: format!(
+                    "failed NMI allocations of {size} bytes in {} allocations within the \
+                     reservation (worst of {} runs)",
+                    power(f.setup.loops),
+                    fails.len()
+                ),
+                value: worst as f64,
+                goal: "0".into(),
+                met: worst == 0,
+            });
+        }
+        Summary { f, goals }
+    }
+
+    fn goal(&self, key: &str) -> Option<&Goal> {
+        self.goals.iter().find(|g| g.key == key)
+    }
+
+    /// What the table cannot say in a cell.
+    pub fn notes(&self) -> Vec<String> {
+        self.f
+            .refusals
+            .iter()
+            .map(|r| {
+                format!(
+                    "prefill of {} x {} B refused with {} as documented: {} units of {} B \
+                     exceed the {} MiB per-CPU reserve limit",
+                    power(r.count.into()),
+                    r.size,
+                    r.errno,
+                    power(r.count.into()),
+                    r.unit_size,
+                    r.limit >> 20
+                )
+            })
+            .collect()
+    }
+
+    pub fn table(&self) -> String {
+        let f = self.f;
+        let head = [
+            "measurement",
+            "size",
+            "min",
+            "median",
+            "vs kmalloc (min / median)",
+            "goal",
+            "ok?",
+        ];
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        let ok = |g: Option<&Goal>| match g {
+            Some(g) if g.met => "yes".to_string(),
+            Some(_) => "MISSED".to_string(),
+            None => "-".to_string(),
+        };
+        for &size in &f.setup.sizes {
+            let bytes = format!("{size} B");
+            let kmalloc = f.ns_per_op("kmalloc", size);
+            for mode in MODES {
+                let v = f.ns_per_op(mode, size);
+                let vs = match (
+                    ratio(min(&v), min(&kmalloc)),
+                    ratio(median(&v), median(&kmalloc)),
+                ) {
+                    (Some(a), Some(b)) => format!("{a:.2}x / {b:.2}x"),
+                    _ => "-".into(),
+                };
+                let (goal, met) = if mode == "global" {
+                    let g = self.goal(&format!("global_vs_kmalloc_{size}"));
+                    (g.map_or("-".into(), |g| g.goal.clone()), ok(g))
+                } else {
+                    ("-".into(), "-".into())
+                };
+                rows.push(vec![
+                    mode_title(mode, f.setup.batch),
+                    bytes.clone(),
+                    ns(min(&v)),
+                    ns(median(&v)),
+                    vs,
+                    goal,
+                    met,
+                ]);
+            }
+            let fails: Vec<f64> = f.fails("nmi", size).iter().map(|&x| x as f64).collect();
+            let g = self.goal(&format!("nmi_fails_{size}"));
+            rows.push(vec![
+                format!(
+                    "NMI allocation failures per {} allocations",
+                    power(f.setup.loops)
+                ),
+                bytes.clone(),
+                count(min(&fails)),
+                count(median(&fails)),
+                "-".into(),
+                format!(
+                    "{} (max {})",
+                    g.map_or("-".into(), |g| g.goal.clone()),
+                    count(fails.iter().copied().reduce(f64::max))
+                ),
+                ok(g),
+            ]);
+            for n in PREFILL_COUNTS {
+                let what = format!("prefill {} objects per CPU", power(n.into()));
+                match f.refusal(size, n) {
+                    Some(r) => rows.push(vec![
+                        what,
+                        bytes.clone(),
+                        format!("refused: {}", r.errno),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                    ]),
+                    None => {
+                        let v = f.prefill_secs(size, n);
+                        rows.push(vec![
+                            what,
+                            bytes.clone(),
+                            ms(min(&v)),
+                            ms(median(&v)),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                        ]);
+                    }
+                }
+            }
+        }
+        render(&head, &rows)
+    }
+
+    /// bench-alloc.yaml's entries for the figures and goals.
+    pub fn yaml_entries(&self) -> Vec<(String, Y)> {
+        let f = self.f;
+        let s = &f.setup;
+        let nums = |v: &[f64]| Y::nums(v);
+        let mut sizes = Vec::new();
+        for &size in &s.sizes {
+            let kmalloc = f.ns_per_op("kmalloc", size);
+            let modes = MODES
+                .iter()
+                .map(|&mode| {
+                    let v = f.ns_per_op(mode, size);
+                    Y::Map(vec![
+                        ("mode".into(), Y::str(mode)),
+                        ("measures".into(), Y::str(mode_title(mode, s.batch))),
+                        ("ns_per_op".into(), nums(&v)),
+                        ("min_ns_per_op".into(), Y::opt_num(min(&v))),
+                        ("median_ns_per_op".into(), Y::opt_num(median(&v))),
+                        (
+                            "vs_kmalloc_min".into(),
+                            Y::opt_num(ratio(min(&v), min(&kmalloc))),
+                        ),
+                        (
+                            "vs_kmalloc_median".into(),
+                            Y::opt_num(ratio(median(&v), median(&kmalloc))),
+                        ),
+                        (
+                            "fails".into(),
+                            Y::List(
+                                f.fails(mode, size)
+                                    .iter()
+                                    .map(|&x| Y::Int(x as i64))
+                                    .collect(),
+                            ),
+                        ),
+                    ])
+                })
+                .collect();
+            let prefill = PREFILL_COUNTS
+                .iter()
+                .map(|&n| {
+                    let mut m = vec![("count_per_cpu".into(), Y::Int(n.into()))];
+                    match f.refusal(size, n) {
+                        Some(r) => {
+                            m.push(("refused".into(), Y::str(&r.errno)));
+                            m.push(("unit_size".into(), Y::Int(r.unit_size.into())));
+                            m.push(("limit_bytes_per_cpu".into(), Y::Int(r.limit as i64)));
+                        }
+                        None => {
+                            // Milliseconds: three decimals of seconds would
+                            // round a 10^3-object prefill away.
+                            let v: Vec<f64> =
+                                f.prefill_secs(size, n).iter().map(|s| s * 1e3).collect();
+                            m.push(("ms".into(), nums(&v)));
+                            m.push(("min_ms".into(), Y::opt_num(min(&v))));
+                            m.push(("median_ms".into(), Y::opt_num(median(&v))));
+                        }
+                    }
+                    Y::Map(m)
+                })
+                .collect();
+            sizes.push(Y::Map(vec![
+                ("size".into(), Y::Int(size.into())),
+                (
+                    "unit_size".into(),
+                    f.unit_size(size).map_or(Y::Null, |u| Y::Int(u.into())),
+                ),
+                ("alloc_free".into(), Y::List(modes)),
+                ("prefill".into(), Y::List(prefill)),
+            ]));
+        }
+        let goals = self
+            .goals
+            .iter()
+            .map(|g| {
+                Y::Map(vec![
+                    ("key".into(), Y::str(&g.key)),
+                    ("what".into(), Y::str(&g.what)),
+                    ("value".into(), Y::Num(g.value)),
+                    ("goal".into(), Y::str(&g.goal)),
+                    ("met".into(), Y::Bool(g.met)),
+                ])
+            })
+            .collect();
+        vec![
+            (
+                "guest".into(),
+                Y::Map(vec![
+                    ("pinned_cpu".into(), Y::Int(s.cpu.into())),
+                    ("online_cpus".into(), Y::Int(s.online.into())),
+                    ("loops".into(), Y::Int(s.loops as i64)),
+                    ("nmi_batch".into(), Y::Int(s.batch.into())),
+                    ("repetitions".into(), Y::Int(s.reps.into())),
+                    ("warmup_runs".into(), Y::Int(s.warmup.into())),
+                ]),
+            ),
+            ("sizes".into(), Y::List(sizes)),
+            ("goals".into(), Y::List(goals)),
+        ]
+    }
+}
+
+fn ns(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{x:.1} ns"))
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{:.2} ms", x * 1e3))
+}
+
+fn count(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{x:.0}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::figures;
+    use super::*;
+
+    #[test]
+    fn powers_of_ten() {
+        assert_eq!(power(1_000_000), "10^6");
+        assert_eq!(power(100), "10^2");
+        assert_eq!(power(10), "10");
+        assert_eq!(power(2_000), "2000");
+    }
+
+    #[test]
+    fn goals_and_table_of_a_small_run() {
+        let text = "KTAP version 1\n1..3\n# plan: bench_alloc bench_alloc_nmi bench_prefill\n\
+            # start: bench_alloc\n\
+            # bench: setup cpu=0 online=2 sizes=32 reps=1 loops=10 batch=5 warmup=1\n\
+            # bench: alloc mode=global size=32 rep=1 loops=10 batch=0 ns=100 fails=0\n\
+            # bench: alloc mode=kmalloc size=32 rep=1 loops=10 batch=0 ns=400 fails=0\n\
+            # bench: alloc mode=cache size=32 rep=1 loops=10 batch=0 ns=150 fails=0\n\
+            # bench: alloc mode=nmi size=32 rep=1 loops=10 batch=5 ns=300 fails=2\n\
+            ok 1 bench_alloc\n\
+            # start: bench_alloc_nmi\nok 2 bench_alloc_nmi\n\
+            # start: bench_prefill\n\
+            # bench: prefill size=32 count=1000 rep=1 unit_size=64 ns=5000000\n\
+            # bench: prefill size=32 count=100000 unit_size=64 refused=E2BIG limit=16777216\n\
+            ok 3 bench_prefill\n";
+        let f = figures::parse(text).unwrap();
+        let s = Summary::new(&f);
+        assert_eq!(s.goals.len(), 2);
+        assert!(s.goals[0].met, "0.25x <= 0.5x");
+        assert_eq!(s.goals[0].value, 0.25);
+        assert!(!s.goals[1].met, "2 NMI failures");
+        let t = s.table();
+        let row = |start: &str| -> Vec<String> {
+            let line = t.lines().find(|l| l.starts_with(start)).unwrap();
+            line.split('|').map(|c| c.trim().to_string()).collect()
+        };
+        assert_eq!(
+            row("global alloc+free (bpf"),
+            [
+                "global alloc+free (bpf_global_ma)",
+                "32 B",
+                "10.0 ns",
+                "10.0 ns",
+                "0.25x / 0.25x",
+                "<= 0.50x",
+                "yes"
+            ]
+        );
+        assert_eq!(row("NMI allocation failures")[5..], ["0 (max 2)", "MISSED"]);
+        assert_eq!(row("prefill 10^3")[2..4], ["5.00 ms", "5.00 ms"]);
+        assert_eq!(row("prefill 10^5")[2], "refused: E2BIG");
+        assert_eq!(
+            s.notes(),
+            [
+                "prefill of 10^5 x 32 B refused with E2BIG as documented: 10^5 units of 64 B \
+              exceed the 16 MiB per-CPU reserve limit"
+            ]
+        );
+        let y = crate::bench::report::to_yaml(&Y::Map(s.yaml_entries()));
+        assert!(y.contains("vs_kmalloc_min: 0.250"), "{y}");
+        assert!(y.contains("min_ms: 5.000"), "{y}");
+    }
+}
