@@ -38,6 +38,8 @@ pub struct Stats {
     pub cpus: BTreeMap<usize, Counters>,
     pub total: Counters,
     pub in_use: i64,
+    /// Frees refused by the debug mode, when the kernel has it.
+    pub bad_free: Option<u64>,
 }
 
 /// `after - before` of every counter.
@@ -177,6 +179,7 @@ impl Stats {
             cpus,
             total,
             in_use,
+            bad_free: total_field(text, "bad_free")?,
         })
     }
 
@@ -430,6 +433,28 @@ impl NmiStats {
     }
 }
 
+/// A field of the total line, None when this kernel does not print it
+/// (e.g. `bad_free`, patches/global-ma 0014).
+pub fn total_field(text: &str, name: &str) -> Result<Option<u64>> {
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some((&"total", rest)) = words.split_first() {
+            let f = fields("total", rest)?;
+            return match f.get(name) {
+                None => Ok(None),
+                Some(_) => num(&f, "total", name).map(Some),
+            };
+        }
+    }
+    bail!("no total line")
+}
+
+/// `total_field` of a fresh reading of the stats file.
+pub fn read_total_field(name: &str) -> Result<Option<u64>> {
+    let text = fs::read_to_string(STATS_PATH).with_context(|| format!("reading {STATS_PATH}"))?;
+    total_field(&text, name).with_context(|| format!("parsing {STATS_PATH}:\n{text}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,6 +551,15 @@ total alloc 15 free 14 alloc_fail 2 refill 1 refill_objs 48 in_use 1
             d[&0].to_string(),
             "alloc +1 free +0 alloc_fail +0 refill +0 refill_objs +0"
         );
+    }
+
+    #[test]
+    fn total_fields() {
+        let text = "cpu0 alloc 1 bad_free 2\ntotal alloc 1 bad_free 2\n";
+        assert_eq!(total_field(text, "bad_free").unwrap(), Some(2));
+        assert_eq!(total_field(SAMPLE, "bad_free").unwrap(), None);
+        assert!(total_field("cpu0 alloc 1\n", "alloc").is_err());
+        assert!(total_field("total bad_free x\n", "bad_free").is_err());
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub const ALL: &[Test] = &[
         run: global_ma::global_ma_prefill_enomem,
     },
     Test {
+        name: "global_ma_debug_bugs",
+        run: global_ma::global_ma_debug_bugs,
+    },
+    Test {
         name: "global_ma_nmi_within_reserve",
         run: global_ma::global_ma_nmi_within_reserve,
     },

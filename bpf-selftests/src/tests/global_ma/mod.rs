@@ -9,6 +9,7 @@
 //! counters with a bounded timeout instead of sleeping.
 
 mod counts;
+mod debug;
 mod kptr;
 mod nmi;
 mod prefill;
@@ -23,6 +24,7 @@ use anyhow::{Context, Result};
 use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, Program};
 
 pub use counts::global_ma_prog_counts;
+pub use debug::global_ma_debug_bugs;
 pub use kptr::{
     global_ma_cross_cpu, global_ma_hash_delete, global_ma_hash_overwrite, global_ma_map_free,
 };
@@ -259,6 +261,17 @@ pub fn finish<T>(checks: &mut Checks, what_to_drop: T, start: &Stats) -> Result<
         ));
     }
     checks.eq("whole test: allocs - frees", 0, d.alloc - d.free);
+    // The debug mode, when the kernel has it, saw nothing wrong.
+    if let (Some(b0), Some(b1)) = (start.bad_free, end.bad_free) {
+        checks.eq("frees refused by the debug mode", 0, b1.wrapping_sub(b0));
+    }
+    if let Some(owners) = debug::read_outstanding()? {
+        checks.eq(
+            "owners gone with objects still allocated",
+            Vec::<debug::Outstanding>::new(),
+            owners,
+        );
+    }
     for bad in end.inconsistencies() {
         checks.fail(format!("{}: {bad}", stats::STATS_PATH));
     }
