@@ -146,6 +146,9 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
 /// The guest's `rig.bench` words for these flags.
 fn cmdline_words(f: &BenchAllocFlags) -> Vec<String> {
     vec![
+        // The series' test config builds the allocator's debug mode, whose
+        // checks would be timed too (patches/global-ma 0015).
+        "bpf_global_ma_debug=0".into(),
         "rig.bench=alloc".into(),
         format!("rig.bench.sizes={}", sizes(&f.sizes)),
         format!("rig.bench.reps={}", f.runs),
@@ -203,6 +206,7 @@ mod tests {
         assert_eq!(
             cmdline_words(&f),
             vec![
+                "bpf_global_ma_debug=0",
                 "rig.bench=alloc",
                 "rig.bench.sizes=32,256",
                 "rig.bench.reps=5",
