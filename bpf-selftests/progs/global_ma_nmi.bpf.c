@@ -210,6 +210,22 @@ static void hash_delete(struct nmi_counts *c)
 		c->deletes++;
 }
 
+/* The hash operations, from either program */
+static void hash_op(struct nmi_counts *c, __u32 op)
+{
+	switch (op) {
+	case NMI_OP_HASH_STASH:
+		hash_stash(c);
+		break;
+	case NMI_OP_HASH_TAKE:
+		hash_take(c);
+		break;
+	case NMI_OP_HASH_DELETE:
+		hash_delete(c);
+		break;
+	}
+}
+
 static struct nmi_counts *this_cpu_counts(__u32 *cpu, bool nmi)
 {
 	__u32 key;
@@ -250,14 +266,8 @@ int BPF_PROG(nmi_hook, __u32 source, __u64 seq)
 		f.ring = ctl.op == NMI_OP_RING;
 		bpf_loop(n, fill_one, &f, 0);
 		break;
-	case NMI_OP_HASH_STASH:
-		hash_stash(c);
-		break;
-	case NMI_OP_HASH_TAKE:
-		hash_take(c);
-		break;
-	case NMI_OP_HASH_DELETE:
-		hash_delete(c);
+	default:
+		hash_op(c, ctl.op);
 		break;
 	}
 	return 0;
@@ -288,14 +298,8 @@ int BPF_PROG(normal_op)
 		bpf_ma_testobj_release(obj, NULL);
 		c->releases++;
 		break;
-	case NMI_OP_HASH_STASH:
-		hash_stash(c);
-		break;
-	case NMI_OP_HASH_TAKE:
-		hash_take(c);
-		break;
-	case NMI_OP_HASH_DELETE:
-		hash_delete(c);
+	default:
+		hash_op(c, ctl.normal_op);
 		break;
 	}
 	return 0;

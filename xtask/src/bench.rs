@@ -71,6 +71,17 @@ struct Machine {
 }
 
 impl Machine {
+    /// The machine's fields of a bench YAML file.
+    fn yaml_fields(&self) -> Vec<(String, Y)> {
+        vec![
+            ("host_kernel".into(), Y::str(&self.kernel)),
+            ("cpu".into(), Y::str(&self.cpu)),
+            ("cores".into(), Y::Int(self.cores as i64)),
+            ("qemu".into(), Y::str(&self.qemu)),
+            ("accelerator".into(), Y::str(&self.accel)),
+        ]
+    }
+
     fn probe() -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu = cpuinfo
@@ -346,14 +357,13 @@ fn bench_yaml(
     Y::Map(vec![
         (
             "machine".into(),
-            Y::Map(vec![
-                ("host_kernel".into(), Y::str(&machine.kernel)),
-                ("cpu".into(), Y::str(&machine.cpu)),
-                ("cores".into(), Y::Int(machine.cores as i64)),
-                ("qemu".into(), Y::str(&machine.qemu)),
-                ("accelerator".into(), Y::str(&machine.accel)),
-                ("virtme_ng".into(), opt(&machine.vng)),
-            ]),
+            Y::Map(
+                machine
+                    .yaml_fields()
+                    .into_iter()
+                    .chain([("virtme_ng".into(), opt(&machine.vng))])
+                    .collect(),
+            ),
         ),
         (
             "flags".into(),

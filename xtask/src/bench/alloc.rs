@@ -70,15 +70,16 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
     let mut yaml = vec![
         (
             "machine".into(),
-            Y::Map(vec![
-                ("host_kernel".into(), Y::str(&machine.kernel)),
-                ("cpu".into(), Y::str(&machine.cpu)),
-                ("cores".into(), Y::Int(machine.cores as i64)),
-                ("qemu".into(), Y::str(&machine.qemu)),
-                ("accelerator".into(), Y::str(&machine.accel)),
-                ("vcpus".into(), Y::Int(f.boot.cpus.into())),
-                ("memory".into(), Y::str(&f.boot.memory)),
-            ]),
+            Y::Map(
+                machine
+                    .yaml_fields()
+                    .into_iter()
+                    .chain([
+                        ("vcpus".into(), Y::Int(f.boot.cpus.into())),
+                        ("memory".into(), Y::str(&f.boot.memory)),
+                    ])
+                    .collect(),
+            ),
         ),
         (
             "kernel".into(),
@@ -218,7 +219,7 @@ mod tests {
         let f = flags(&[
             "--sizes", "8,64", "--runs", "3", "--loops", "1000", "--batch", "10",
         ]);
-        assert_eq!(cmdline_words(&f)[1], "rig.bench.sizes=8,64");
+        assert_eq!(cmdline_words(&f)[2], "rig.bench.sizes=8,64");
         assert!(check(&f).is_ok());
     }
 

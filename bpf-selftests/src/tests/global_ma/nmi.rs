@@ -220,23 +220,53 @@ fn per_sec(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 
-pub fn global_ma_nmi_within_reserve(ctx: &Ctx<'_>) -> Result<Outcome> {
-    const N: u32 = 512;
-    const K: u64 = 16;
-    const M: u32 = 32;
+/// A storm test's start: the object loaded, `n` objects reserved per CPU,
+/// nmi_hook set to keep `per_nmi` new objects per NMI.
+struct Storm {
+    cpus: Vec<usize>,
+    checks: Checks,
+    start: Stats,
+    l: Loaded,
+    reservation: OwnedFd,
+}
+
+fn hold_storm(ctx: &Ctx<'_>, n: u32, per_nmi: u32) -> Result<std::result::Result<Storm, Outcome>> {
     let cpus = match preflight(ctx)? {
         Ok(c) => c,
-        Err(skip) => return Ok(skip),
+        Err(skip) => return Ok(Err(skip)),
     };
     let mut checks = Checks::new();
     let start = quiet_stats(&mut checks)?;
     let mut l = Loaded::new(ctx)?;
-    let reservation = prefill::prefill(OBJ_SIZE, N, 0).context("prefill")?;
+    let reservation = prefill::prefill(OBJ_SIZE, n, 0).context("prefill")?;
     l.set(|c| {
         c.op = OP_HOLD;
-        c.per_nmi = M;
+        c.per_nmi = per_nmi;
         c.slots = SLOTS;
     })?;
+    Ok(Ok(Storm {
+        cpus,
+        checks,
+        start,
+        l,
+        reservation,
+    }))
+}
+
+pub fn global_ma_nmi_within_reserve(ctx: &Ctx<'_>) -> Result<Outcome> {
+    const N: u32 = 512;
+    const K: u64 = 16;
+    const M: u32 = 32;
+    let Storm {
+        cpus,
+        mut checks,
+        start,
+        l,
+        reservation,
+    } = match hold_storm(ctx, N, M)? {
+        Ok(s) => s,
+        Err(skip) => return Ok(skip),
+    };
 
     let s0 = snap(&mut checks)?;
     let h0 = nmi::read()?;
@@ -291,19 +321,16 @@ pub fn global_ma_nmi_over_reserve(ctx: &Ctx<'_>) -> Result<Outcome> {
     const N: u32 = 512;
     const K: u64 = 16;
     const M: u32 = 48;
-    let cpus = match preflight(ctx)? {
-        Ok(c) => c,
+    let Storm {
+        cpus,
+        mut checks,
+        start,
+        mut l,
+        reservation,
+    } = match hold_storm(ctx, N, M)? {
+        Ok(s) => s,
         Err(skip) => return Ok(skip),
     };
-    let mut checks = Checks::new();
-    let start = quiet_stats(&mut checks)?;
-    let mut l = Loaded::new(ctx)?;
-    let reservation = prefill::prefill(OBJ_SIZE, N, 0).context("prefill")?;
-    l.set(|c| {
-        c.op = OP_HOLD;
-        c.per_nmi = M;
-        c.slots = SLOTS;
-    })?;
 
     let c0 = Caches::read()?;
     let s0 = snap(&mut checks)?;
