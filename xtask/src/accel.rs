@@ -106,6 +106,7 @@ fn probe(ctx: &Ctx, kernel: &Path, initrd: &Path) -> Result<Accel> {
             console_log: dir.join(format!("console-{cpu}.log")),
             ktap_log: dir.join(format!("ktap-{cpu}.log")),
             cmdline: vec!["rig.probe=1".into()],
+            qmp: None,
         };
         let limits = Limits {
             boot: PROBE_LIMIT,

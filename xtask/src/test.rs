@@ -114,6 +114,7 @@ pub fn boot_and_judge(
         console_log: run_dir.join("console.log"),
         ktap_log: run_dir.join("ktap.log"),
         cmdline,
+        qmp: Some(crate::vm::qmp::socket_path()),
     };
     std::fs::write(
         run_dir.join("qemu.cmdline"),

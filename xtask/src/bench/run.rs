@@ -262,6 +262,7 @@ pub(super) fn spec(
         console_log: dir.join(format!("{name}.console.log")),
         ktap_log: dir.join(format!("{name}.ktap.log")),
         cmdline,
+        qmp: None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! the KTAP channel live, and end it on panic, hang, timeout or Ctrl-C.
 
 pub mod qemu;
+pub mod qmp;
 
 use std::fs::File;
 use std::io::Read;
@@ -132,6 +133,7 @@ pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, quiet: bool) -> Re
     let mut running: Option<(String, Instant)> = None;
     let mut panic_seen: Option<Instant> = None;
     let mut shown_lines = 0usize;
+    let mut nmis_injected = 0usize;
     let ending = loop {
         let got_console = console.poll();
         let got_ktap = ktap.poll();
@@ -147,6 +149,19 @@ pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, quiet: bool) -> Re
             }
             if !quiet {
                 shown_lines = show_results(&ktap.text, shown_lines);
+            }
+            if let Some(sock) = &spec.qmp {
+                while nmis_injected < qmp::nmi_requests(&ktap.text) {
+                    nmis_injected += 1;
+                    // The guest's test fails on its own if no NMI comes.
+                    if let Err(e) = qmp::inject_nmi(sock) {
+                        eprintln!("[boot] warning: the guest asked for an NMI: {e:#}");
+                    } else if !quiet {
+                        eprintln!(
+                            "[boot]   injected an NMI on the guest's request (QMP inject-nmi)"
+                        );
+                    }
+                }
             }
         }
         if let Some(out) = handle.try_wait().context("waiting for QEMU")? {
@@ -190,6 +205,10 @@ pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, quiet: bool) -> Re
         std::thread::sleep(Duration::from_millis(25));
     };
     drop(guard);
+    if let Some(sock) = &spec.qmp {
+        // QEMU leaves its socket behind.
+        let _ = std::fs::remove_file(sock);
+    }
     console.poll();
     ktap.poll();
     Ok(Outcome {

@@ -29,6 +29,8 @@ pub struct VmSpec {
     pub ktap_log: PathBuf,
     /// Extra `key=value` words for the kernel command line.
     pub cmdline: Vec<String>,
+    /// A QMP socket for the guest's requests (see vm/qmp.rs).
+    pub qmp: Option<PathBuf>,
 }
 
 pub fn kernel_cmdline(spec: &VmSpec) -> String {
@@ -72,6 +74,10 @@ pub fn args(spec: &VmSpec) -> Vec<String> {
     push(&["-device", "virtserialport,chardev=ktap,name=ktap"]);
     // Entropy for getrandom() in the guest runner.
     push(&["-device", "virtio-rng-pci"]);
+    if let Some(sock) = &spec.qmp {
+        let qmp = format!("unix:{},server=on,wait=off", sock.display());
+        push(&["-qmp", &qmp]);
+    }
     a
 }
 
@@ -89,6 +95,7 @@ mod tests {
             console_log: "/run/console.log".into(),
             ktap_log: "/run/ktap.log".into(),
             cmdline: vec!["rig.filter=hash".into()],
+            qmp: Some("/tmp/rig-qmp-1-0.sock".into()),
         }
     }
 
