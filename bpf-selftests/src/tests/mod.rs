@@ -88,6 +88,10 @@ pub const ALL: &[Test] = &[
         run: global_ma::global_ma_nmi_hash_kptr,
     },
     Test {
+        name: "global_ma_nmi_external",
+        run: global_ma::global_ma_nmi_external,
+    },
+    Test {
         name: "global_ma_nmi_stress",
         run: global_ma::global_ma_nmi_stress,
     },

@@ -29,8 +29,8 @@ pub use kptr::{
     global_ma_cross_cpu, global_ma_hash_delete, global_ma_hash_overwrite, global_ma_map_free,
 };
 pub use nmi::{
-    global_ma_nmi_hash_kptr, global_ma_nmi_over_reserve, global_ma_nmi_stress,
-    global_ma_nmi_within_reserve,
+    global_ma_nmi_external, global_ma_nmi_hash_kptr, global_ma_nmi_over_reserve,
+    global_ma_nmi_stress, global_ma_nmi_within_reserve,
 };
 pub use prefill::{
     global_ma_prefill_bad_input, global_ma_prefill_concurrent, global_ma_prefill_enomem,

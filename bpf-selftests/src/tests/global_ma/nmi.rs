@@ -568,6 +568,93 @@ pub fn global_ma_nmi_hash_kptr(ctx: &Ctx<'_>) -> Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
+/// `external` next to the NMI file: claim unknown NMIs for the hook.
+const EXTERNAL_PATH: &str = "/sys/kernel/debug/bpf_global_ma_test/external";
+/// How long the host gets to answer the request with an NMI.
+const EXTERNAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn set_external(on: bool) -> Result<()> {
+    fs::write(EXTERNAL_PATH, if on { "1" } else { "0" })
+        .with_context(|| format!("writing {EXTERNAL_PATH}"))
+}
+
+/// An NMI from outside the guest (QMP inject-nmi, which the rig sends when
+/// asked with `# rig: inject-nmi`): the NMI_UNKNOWN handler claims it
+/// instead of "NMI received for unknown reason" (a console splat), and the
+/// program runs in it and allocates from the reserve. QEMU raises it on
+/// every vCPU's LINT1, which Linux leaves unmasked on the boot CPU only,
+/// as on hardware: exactly one CPU sees it.
+pub fn global_ma_nmi_external(ctx: &Ctx<'_>) -> Result<Outcome> {
+    let Storm {
+        cpus,
+        mut checks,
+        start,
+        l,
+        reservation,
+    } = match hold_storm(ctx, 64, 1)? {
+        Ok(s) => s,
+        Err(skip) => return Ok(skip),
+    };
+    let h0 = nmi::read()?;
+    let before: BTreeMap<usize, Counts> = cpus
+        .iter()
+        .map(|&c| Ok((c, l.counts(c, true)?)))
+        .collect::<Result<_>>()?;
+    set_external(true)?;
+    let asked = Instant::now();
+    crate::ktap::diag("rig: inject-nmi");
+    let claimed = |h1: &BTreeMap<usize, nmi::Handled>| -> u64 {
+        cpus.iter().map(|c| h1[c].external - h0[c].external).sum()
+    };
+    while claimed(&nmi::read()?) == 0 && asked.elapsed() < EXTERNAL_TIMEOUT {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let took = asked.elapsed();
+    // Let a (wrong) second delivery show up before counting.
+    thread::sleep(Duration::from_millis(50));
+    set_external(false)?;
+    let h1 = nmi::read()?;
+    checks.eq(
+        "external NMIs claimed, all CPUs (0: the host did not inject one)",
+        1,
+        claimed(&h1),
+    );
+    let mut on = Vec::new();
+    for &c in &cpus {
+        let got = h1[&c].external - h0[&c].external;
+        checks.eq(
+            format!("cpu{c}: NMIs sent by the source"),
+            0,
+            h1[&c].ipi - h0[&c].ipi,
+        );
+        let p = l.counts(c, true)?;
+        let b = before[&c];
+        checks.eq(
+            format!("cpu{c}: nmi_hook runs, in NMI, allocations, failures"),
+            (got, got, got, 0),
+            (
+                p.nmis - b.nmis,
+                p.in_nmi - b.in_nmi,
+                p.allocs - b.allocs,
+                p.nulls - b.nulls,
+            ),
+        );
+        if got > 0 {
+            on.push(c);
+        }
+    }
+    ctx.diag(format!(
+        "external NMI claimed on CPU {on:?} {:.1} ms after the request; the program \
+         allocated in it",
+        took.as_secs_f64() * 1e3
+    ));
+
+    drop(l.links);
+    finish(&mut checks, (l.obj, reservation), &start)?;
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}
+
 /// What the stress threads did.
 #[derive(Default)]
 struct StressRun {
