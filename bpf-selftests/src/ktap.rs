@@ -17,8 +17,11 @@ use anyhow::{Context, Result};
 pub const PORT_NAME: &str = "ktap";
 const PORT_CLASS_DIR: &str = "/sys/class/virtio-ports";
 /// The port's `name` attribute is filled in asynchronously after the device
-/// probes (the host sends it on a control message), so wait a little for it.
-const PORT_WAIT: Duration = Duration::from_secs(5);
+/// probes (the host sends it on a control message), so wait for it. A debug
+/// kernel under TCG on a loaded host once took over 5 s: the runner fell
+/// back to stdout and the host saw no KTAP at all. Only waited for when the
+/// virtio-ports class exists.
+const PORT_WAIT: Duration = Duration::from_secs(60);
 
 enum Sink {
     File(File),
