@@ -30,6 +30,8 @@ pub enum Ending {
     /// The console shows a kernel panic.
     Panicked,
     BootTimeout,
+    /// The guest runner found no `ktap` port and fell back to the console.
+    NoKtapPort,
     Silence,
     TestTimeout {
         test: String,
@@ -59,6 +61,11 @@ impl Ending {
                 "boot timeout: no KTAP output within {}s",
                 limits.boot.as_secs()
             ),
+            Ending::NoKtapPort => format!(
+                "the guest runner found no virtio port named `ktap` and wrote KTAP to the \
+                 console instead (see console.log: a virtio device left without an IRQ, e.g. \
+                 `{NO_GSI}` after an ACPI AML loop timeout on a very slow debug kernel)"
+            ),
             Ending::Silence => format!(
                 "guest hung: no console or KTAP output for {}s",
                 limits.silence.as_secs()
@@ -71,6 +78,12 @@ impl Ending {
         }
     }
 }
+
+/// What the guest runner prints when it falls back to the console
+/// (bpf-selftests/src/ktap.rs).
+const NO_KTAP_PORT: &str = "bpf-selftests: no virtio port named \"ktap\"";
+/// The kernel's line for a PCI device without an interrupt.
+const NO_GSI: &str = "PCI INT A: no GSI";
 
 /// Follows a file another process appends to.
 struct Tail {
@@ -175,6 +188,10 @@ pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, quiet: bool) -> Re
                     code: out.status.code(),
                 }
             };
+        }
+        // No KTAP will come: say why now rather than at the boot timeout.
+        if got_console && first_ktap.is_none() && console.text.contains(NO_KTAP_PORT) {
+            break Ending::NoKtapPort;
         }
         if let Some(sig) = signals::interrupted() {
             break Ending::Interrupted {
