@@ -119,6 +119,63 @@ fn num<T: std::str::FromStr>(f: &BTreeMap<&str, &str>, label: &str, name: &str) 
         .map_err(|_| anyhow::anyhow!("line {label:?}: field {name} = {v:?} is not a number"))
 }
 
+/// A field a kernel may not print yet: None when absent.
+fn optional(f: &BTreeMap<&str, &str>, label: &str, name: &str) -> Result<Option<u64>> {
+    f.contains_key(name)
+        .then(|| num(f, label, name))
+        .transpose()
+}
+
+/// One line of the stats file: its label, its CPU (None for `total`) and
+/// its `name value` pairs.
+type Line<'a> = (&'a str, Option<usize>, BTreeMap<&'a str, &'a str>);
+
+/// The non-empty lines of the stats file, labels checked.
+fn lines(text: &str) -> Result<Vec<Line<'_>>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some((&label, rest)) = words.split_first() else {
+            continue;
+        };
+        let cpu = if label == "total" {
+            None
+        } else if let Some(n) = label.strip_prefix("cpu") {
+            Some(
+                n.parse()
+                    .map_err(|_| anyhow::anyhow!("bad CPU label {label:?}"))?,
+            )
+        } else {
+            bail!("unknown line label {label:?}");
+        };
+        out.push((label, cpu, fields(label, rest)?));
+    }
+    Ok(out)
+}
+
+/// One group of fields, `group(fields, label)`, of every CPU line and of
+/// the (last) total line.
+fn by_cpu<T>(
+    text: &str,
+    group: impl Fn(&BTreeMap<&str, &str>, &str) -> Result<T>,
+) -> Result<(BTreeMap<usize, T>, T)> {
+    let mut cpus = BTreeMap::new();
+    let mut total = None;
+    for (label, cpu, f) in lines(text)? {
+        let g = group(&f, label)?;
+        match cpu {
+            Some(c) => {
+                cpus.insert(c, g);
+            }
+            None => total = Some(g),
+        }
+    }
+    let Some(total) = total else {
+        bail!("no total line");
+    };
+    Ok((cpus, total))
+}
+
 fn counters(f: &BTreeMap<&str, &str>, label: &str) -> Result<Counters> {
     Ok(Counters {
         alloc: num(f, label, "alloc")?,
@@ -144,32 +201,26 @@ impl Stats {
     pub fn parse(text: &str) -> Result<Stats> {
         let mut cpus = BTreeMap::new();
         let mut total = None;
-        for line in text.lines() {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let Some((&label, rest)) = words.split_first() else {
-                continue;
-            };
-            let f = fields(label, rest)?;
-            if label == "total" {
-                if total.is_some() {
-                    bail!("two total lines");
+        for (label, cpu, f) in lines(text)? {
+            if total.is_some() {
+                bail!("line {label:?} after the total line");
+            }
+            match cpu {
+                None => {
+                    total = Some((
+                        counters(&f, label)?,
+                        num::<i64>(&f, label, "in_use")?,
+                        optional(&f, label, "bad_free")?,
+                    ));
                 }
-                total = Some((counters(&f, label)?, num::<i64>(&f, label, "in_use")?));
-            } else if let Some(n) = label.strip_prefix("cpu") {
-                let cpu: usize = n
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("bad CPU label {label:?}"))?;
-                if total.is_some() {
-                    bail!("line {label:?} after the total line");
+                Some(cpu) => {
+                    if cpus.insert(cpu, counters(&f, label)?).is_some() {
+                        bail!("two lines for CPU {cpu}");
+                    }
                 }
-                if cpus.insert(cpu, counters(&f, label)?).is_some() {
-                    bail!("two lines for CPU {cpu}");
-                }
-            } else {
-                bail!("unknown line label {label:?}");
             }
         }
-        let Some((total, in_use)) = total else {
+        let Some((total, in_use, bad_free)) = total else {
             bail!("no total line");
         };
         if cpus.is_empty() {
@@ -179,7 +230,7 @@ impl Stats {
             cpus,
             total,
             in_use,
-            bad_free: total_field(text, "bad_free")?,
+            bad_free,
         })
     }
 
@@ -285,28 +336,7 @@ impl ReserveStats {
     /// Parses the reserve fields of a stats file's text (the other
     /// fields are ignored: see `Stats::parse`).
     pub fn parse(text: &str) -> Result<ReserveStats> {
-        let mut cpus = BTreeMap::new();
-        let mut total = None;
-        for line in text.lines() {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let Some((&label, rest)) = words.split_first() else {
-                continue;
-            };
-            let f = fields(label, rest)?;
-            if label == "total" {
-                total = Some(reserve_counters(&f, label)?);
-            } else if let Some(n) = label.strip_prefix("cpu") {
-                let cpu: usize = n
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("bad CPU label {label:?}"))?;
-                cpus.insert(cpu, reserve_counters(&f, label)?);
-            } else {
-                bail!("unknown line label {label:?}");
-            }
-        }
-        let Some(total) = total else {
-            bail!("no total line");
-        };
+        let (cpus, total) = by_cpu(text, reserve_counters)?;
         Ok(ReserveStats { cpus, total })
     }
 
@@ -394,37 +424,16 @@ impl NmiStats {
     /// Parses the NMI fields of a stats file's text (other fields are
     /// ignored).
     pub fn parse(text: &str) -> Result<NmiStats> {
-        let mut out = NmiStats::default();
-        let mut have_total = false;
-        for line in text.lines() {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let Some((&label, rest)) = words.split_first() else {
-                continue;
-            };
-            let f = fields(label, rest)?;
-            let c = NmiCounters {
-                alloc_busy: num(&f, label, "alloc_busy")?,
-                free_busy: num(&f, label, "free_busy")?,
-                nmi_alloc: num(&f, label, "nmi_alloc")?,
-                nmi_alloc_fail: num(&f, label, "nmi_alloc_fail")?,
-                nmi_free: num(&f, label, "nmi_free")?,
-            };
-            if label == "total" {
-                out.total = c;
-                have_total = true;
-            } else if let Some(n) = label.strip_prefix("cpu") {
-                let cpu: usize = n
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("bad CPU label {label:?}"))?;
-                out.cpus.insert(cpu, c);
-            } else {
-                bail!("unknown line label {label:?}");
-            }
-        }
-        if !have_total {
-            bail!("no total line");
-        }
-        Ok(out)
+        let (cpus, total) = by_cpu(text, |f, label| {
+            Ok(NmiCounters {
+                alloc_busy: num(f, label, "alloc_busy")?,
+                free_busy: num(f, label, "free_busy")?,
+                nmi_alloc: num(f, label, "nmi_alloc")?,
+                nmi_alloc_fail: num(f, label, "nmi_alloc_fail")?,
+                nmi_free: num(f, label, "nmi_free")?,
+            })
+        })?;
+        Ok(NmiStats { cpus, total })
     }
 
     /// The NMI fields of `cpu` (all zero for a CPU without a line).
@@ -436,17 +445,8 @@ impl NmiStats {
 /// A field of the total line, None when this kernel does not print it
 /// (e.g. `bad_free`, patches/global-ma 0014).
 pub fn total_field(text: &str, name: &str) -> Result<Option<u64>> {
-    for line in text.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if let Some((&"total", rest)) = words.split_first() {
-            let f = fields("total", rest)?;
-            return match f.get(name) {
-                None => Ok(None),
-                Some(_) => num(&f, "total", name).map(Some),
-            };
-        }
-    }
-    bail!("no total line")
+    let (_, total) = by_cpu(text, |f, label| optional(f, label, name))?;
+    Ok(total)
 }
 
 /// `total_field` of a fresh reading of the stats file.
