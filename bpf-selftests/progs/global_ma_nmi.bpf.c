@@ -113,12 +113,34 @@ static int note_err(struct nmi_counts *c, long err)
 	return 1;
 }
 
+/* Allocates an object into @v, releasing the one it held. Returns false
+ * when the allocation failed.
+ */
+static __always_inline bool stash(struct nmi_counts *c, struct gma_val *v)
+{
+	struct bpf_ma_testobj *obj, *old;
+
+	obj = bpf_ma_testobj_new(NULL);
+	if (!obj) {
+		c->nulls++;
+		return false;
+	}
+	c->allocs++;
+	old = bpf_kptr_xchg(&v->obj, obj);
+	c->stored++;
+	if (old) {
+		c->taken++;
+		bpf_ma_testobj_release(old, NULL);
+		c->releases++;
+	}
+	return true;
+}
+
 /* One allocation into the next slot (bpf_loop callback) */
 static long fill_one(__u32 i, void *data)
 {
 	struct fill_ctx *f = data;
 	struct nmi_counts *c = f->c;
-	struct bpf_ma_testobj *obj, *old;
 	struct gma_val *v;
 	__u32 slots = ctl.slots, slot, key;
 
@@ -133,48 +155,21 @@ static long fill_one(__u32 i, void *data)
 	v = bpf_map_lookup_elem(&held, &key);
 	if (!v)
 		return note_err(c, -2);
-
-	obj = bpf_ma_testobj_new(NULL);
-	if (!obj) {
-		c->nulls++;
-		return 0;
-	}
-	c->allocs++;
-	old = bpf_kptr_xchg(&v->obj, obj);
-	c->stored++;
-	c->next_slot++;
-	if (old) {
-		c->taken++;
-		bpf_ma_testobj_release(old, NULL);
-		c->releases++;
-	}
+	if (stash(c, v))
+		c->next_slot++;
 	return 0;
 }
 
 static void hash_stash(struct nmi_counts *c)
 {
-	struct bpf_ma_testobj *obj, *old;
 	__u32 key = ctl.key;
 	struct gma_val *v;
 
 	v = bpf_map_lookup_elem(&hash, &key);
-	if (!v) {
+	if (!v)
 		note_err(c, -2);
-		return;
-	}
-	obj = bpf_ma_testobj_new(NULL);
-	if (!obj) {
-		c->nulls++;
-		return;
-	}
-	c->allocs++;
-	old = bpf_kptr_xchg(&v->obj, obj);
-	c->stored++;
-	if (old) {
-		c->taken++;
-		bpf_ma_testobj_release(old, NULL);
-		c->releases++;
-	}
+	else
+		stash(c, v);
 }
 
 static void hash_take(struct nmi_counts *c)
