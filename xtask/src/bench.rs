@@ -253,11 +253,7 @@ pub fn rig(f: BenchRigFlags) -> Result<i32> {
         .filter(|m| m.met() == Some(false))
         .map(|m| m.key)
         .collect();
-    if missed.is_empty() {
-        println!("goals missed: none");
-    } else {
-        println!("goals missed: {}", missed.join(", "));
-    }
+    report::print_missed(&missed);
     println!("figures: {}", yaml_path.display());
     log.say("done");
     // A benchmark reports: a missed goal is not a failure, a measurement

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use super::report::{to_yaml, Y};
+use super::report::{self, to_yaml, Y};
 use super::{kernel_yaml, Machine};
 use crate::flags::BenchAllocFlags;
 use crate::pipeline::Pipeline;
@@ -134,11 +134,7 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
         .filter(|g| !g.met)
         .map(|g| g.key.as_str())
         .collect();
-    if missed.is_empty() {
-        println!("goals missed: none");
-    } else {
-        println!("goals missed: {}", missed.join(", "));
-    }
+    report::print_missed(&missed);
     println!("figures: {}", yaml_path.display());
     // A benchmark reports: a missed goal is not a failure.
     Ok(0)

@@ -264,6 +264,15 @@ fn quote(s: &str) -> String {
     q
 }
 
+/// The bench's last lines name the goals it missed (keys), or none.
+pub fn print_missed(missed: &[&str]) {
+    if missed.is_empty() {
+        println!("goals missed: none");
+    } else {
+        println!("goals missed: {}", missed.join(", "));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
