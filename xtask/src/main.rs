@@ -3,6 +3,7 @@
 mod accel;
 mod bench;
 mod bisect;
+mod checkpatch_exceptions;
 mod console;
 mod context;
 mod cpio;

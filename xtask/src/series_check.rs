@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use crate::checkpatch_exceptions::{self, Exception};
 use crate::flags::CheckSeriesFlags;
 use crate::patches::Series;
 use crate::pipeline::Pipeline;
@@ -35,20 +36,25 @@ pub fn parse_checkpatch(output: &str) -> Option<Checkpatch> {
     })
 }
 
-pub fn checkpatch(tree: &Path, patch: &Path) -> Result<(Checkpatch, String)> {
-    let out = duct::cmd!(
-        "perl",
-        "scripts/checkpatch.pl",
-        "--strict",
-        "--no-color",
-        patch
-    )
-    .dir(tree)
-    .stderr_to_stdout()
-    .stdout_capture()
-    .unchecked()
-    .run()
-    .context("running scripts/checkpatch.pl")?;
+/// checkpatch --strict on `patch`, with the types in `ignore` left out.
+pub fn checkpatch(tree: &Path, patch: &Path, ignore: &[Exception]) -> Result<(Checkpatch, String)> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "scripts/checkpatch.pl".into(),
+        "--strict".into(),
+        "--no-color".into(),
+    ];
+    if !ignore.is_empty() {
+        let kinds: Vec<&str> = ignore.iter().map(|e| e.kind.as_str()).collect();
+        args.push(format!("--ignore={}", kinds.join(",")).into());
+    }
+    args.push(patch.into());
+    let out = duct::cmd("perl", args)
+        .dir(tree)
+        .stderr_to_stdout()
+        .stdout_capture()
+        .unchecked()
+        .run()
+        .context("running scripts/checkpatch.pl")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let counts = parse_checkpatch(&text).with_context(|| {
         format!(
@@ -92,6 +98,16 @@ pub fn run(f: CheckSeriesFlags) -> Result<i32> {
     .read()
     .context("listing the series commits")?;
     let commits: Vec<&str> = log.lines().collect();
+    let names: Vec<String> = series
+        .patches
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let series_dir = series.patches.first().and_then(|p| p.parent());
+    let exceptions = match series_dir {
+        Some(dir) => checkpatch_exceptions::load(dir, &names)?,
+        None => Default::default(),
+    };
     if commits.len() != series.patches.len() {
         bail!(
             "branch has {} commits but the series lists {} patches",
@@ -113,7 +129,14 @@ pub fn run(f: CheckSeriesFlags) -> Result<i32> {
         duct::cmd!("git", "-C", &tree.path, "checkout", "-q", "--detach", commit)
             .run()
             .with_context(|| format!("checking out {commit}"))?;
-        let (cp, cp_text) = checkpatch(&tree.path, patch)?;
+        let ignore = exceptions.get(&name).map(Vec::as_slice).unwrap_or_default();
+        for e in ignore {
+            eprintln!(
+                "[check] checkpatch: {} ignored for {name}: {}",
+                e.kind, e.reason
+            );
+        }
+        let (cp, cp_text) = checkpatch(&tree.path, patch, ignore)?;
         let cp_ok = cp.errors == 0 && cp.warnings == 0;
         if !cp_ok {
             eprintln!("{cp_text}");
@@ -144,13 +167,18 @@ pub fn run(f: CheckSeriesFlags) -> Result<i32> {
             bad += 1;
         }
         let line = format!(
-            "{:>2}/{} {:<62} checkpatch {}E {}W {}C | build {build_word} | tests {tests_word} | {}",
+            "{:>2}/{} {:<62} checkpatch {}E {}W {}C{} | build {build_word} | tests {tests_word} | {}",
             i + 1,
             commits.len(),
             name,
             cp.errors,
             cp.warnings,
             cp.checks,
+            if ignore.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} excepted)", ignore.len())
+            },
             fmt_secs(started.elapsed())
         );
         eprintln!("[check] {line}");
