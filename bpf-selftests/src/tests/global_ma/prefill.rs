@@ -12,7 +12,8 @@
 //!   reserves back, gives the surplus to the slab (trim_objs = objects
 //!   dropped from the free lists), leaves objects in use alone;
 //! - `global_ma_prefill_stacking`: reservations add up per size class,
-//!   classes do not interfere, closing one leaves the others intact;
+//!   classes do not interfere, closing one leaves the others intact and
+//!   counts what it trims;
 //! - `global_ma_prefill_bad_input`: EINVAL, E2BIG, EPERM, each leaving the
 //!   allocator as it was;
 //! - `global_ma_prefill_concurrent`: prefills while every other CPU
@@ -21,7 +22,11 @@
 //! Nothing else uses the global allocator while a test runs, so the
 //! counters are exact; every test also checks, per CPU, that the free list
 //! length (`cached`) moved by exactly prefill + refill_objs + free - alloc -
-//! trim_objs: no object appears or disappears unaccounted.
+//! trim_objs: no object appears or disappears unaccounted. Closing a
+//! reservation lowers the high watermarks at once but only queues the
+//! trims, and a trim shrinks a free list before it adds to trim_objs, so a
+//! snapshot after a close (and at the end of a test) waits until every free
+//! list is at or under its high watermark and the counters account for it.
 
 use std::mem;
 use std::os::fd::OwnedFd;
@@ -112,6 +117,15 @@ struct Snap {
 
 fn snap(checks: &mut Checks) -> Result<Snap> {
     let (stats, res) = stats::read_with_reserve()?;
+    report_inconsistencies(checks, &stats, &res);
+    Ok(Snap {
+        stats,
+        res,
+        caches: Caches::read()?,
+    })
+}
+
+fn report_inconsistencies(checks: &mut Checks, stats: &Stats, res: &ReserveStats) {
     for bad in stats
         .inconsistencies()
         .into_iter()
@@ -119,11 +133,15 @@ fn snap(checks: &mut Checks) -> Result<Snap> {
     {
         checks.fail(format!("{}: {bad}", stats::STATS_PATH));
     }
-    Ok(Snap {
-        stats,
-        res,
-        caches: Caches::read()?,
-    })
+}
+
+/// `cpu3 unit 64: free_cnt above high: free_cnt .. high ..`, for every
+/// line whose free list is above its high watermark (a trim not run yet).
+fn above_high(c: &Caches) -> impl Iterator<Item = String> + '_ {
+    c.lines
+        .iter()
+        .filter(|(_, l)| l.free_cnt > l.high)
+        .map(|(k, l)| format!("cpu{} unit {}: free_cnt above high: {l}", k.0, k.1))
 }
 
 impl Snap {
@@ -182,29 +200,31 @@ fn expect_conservation(checks: &mut Checks, what: &str, before: &Snap, after: &S
     }
 }
 
-/// The end-of-test snapshot, once the irq_work refills and trims in
-/// flight are counted: they change a free list first and add to
-/// refill_objs / trim_objs after (a trim of 2000 objects takes a while).
-/// Gives up after RELEASE_TIMEOUT and returns the last reading, which
-/// expect_conservation then reports.
+/// The snapshot after a close and at the end of a test, once the
+/// irq_work refills and trims in flight have run and are counted: every
+/// free list is at or under its high watermark (a close lowers it at once
+/// and only queues the trim) and the counters balance since `before` (a
+/// refill or trim changes a free list first and adds to refill_objs /
+/// trim_objs after; a trim of 2000 objects takes a while). The caches are
+/// read before the counters, so a trim seen done in the caches is in the
+/// counters' `cached` too. Gives up after RELEASE_TIMEOUT and returns the
+/// last reading, which expect_conservation then reports (free lists still
+/// above high are reported here).
 fn settled_snap(checks: &mut Checks, before: &Snap) -> Result<Snap> {
     let start = Instant::now();
     loop {
+        let caches = Caches::read()?;
         let (stats, res) = stats::read_with_reserve()?;
-        let s = Snap {
-            stats,
-            res,
-            caches: Caches::read()?,
-        };
+        let s = Snap { stats, res, caches };
+        let trimmed = above_high(&s.caches).next().is_none();
         let balanced = conservation(before, &s).iter().all(|&(_, w, g)| w == g);
-        if balanced || start.elapsed() >= RELEASE_TIMEOUT {
-            for bad in s
-                .stats
-                .inconsistencies()
-                .into_iter()
-                .chain(s.res.inconsistencies())
-            {
-                checks.fail(format!("{}: {bad}", stats::STATS_PATH));
+        let timed_out = start.elapsed() >= RELEASE_TIMEOUT;
+        if (trimmed && balanced) || timed_out {
+            report_inconsistencies(checks, &s.stats, &s.res);
+            if !trimmed {
+                for bad in above_high(&s.caches) {
+                    checks.fail(format!("not trimmed within {RELEASE_TIMEOUT:?}: {bad}"));
+                }
             }
             return Ok(s);
         }
@@ -460,8 +480,7 @@ fn wait_defaults(defaults: &Caches) -> Result<(Caches, bool, Duration)> {
     let start = Instant::now();
     loop {
         let c = Caches::read()?;
-        let ok =
-            c.marks_changed(defaults).is_empty() && c.lines.values().all(|l| l.free_cnt <= l.high);
+        let ok = c.marks_changed(defaults).is_empty() && above_high(&c).next().is_none();
         if ok || start.elapsed() >= RELEASE_TIMEOUT {
             return Ok((c, ok, start.elapsed()));
         }
@@ -493,11 +512,8 @@ fn release(
                 "{what}: not back within {RELEASE_TIMEOUT:?}: {bad}"
             ));
         }
-        for (k, l) in c.lines.iter().filter(|(_, l)| l.free_cnt > l.high) {
-            checks.fail(format!(
-                "{what}: cpu{} unit {}: free_cnt above high: {l}",
-                k.0, k.1
-            ));
+        for bad in above_high(&c) {
+            checks.fail(format!("{what}: {bad}"));
         }
     }
     Ok(())
@@ -686,7 +702,7 @@ pub fn global_ma_prefill_release(ctx: &Ctx<'_>) -> Result<Outcome> {
     }
 
     release(ctx, &mut checks, "close(last fd)", vec![dup], &s0.caches)?;
-    let s3 = snap(&mut checks)?;
+    let s3 = settled_snap(&mut checks, &s2)?;
     for &cpu in &cpus {
         ctx.diag(format!("released:       {}", s3.describe(cpu, unit)));
         let c = s3.cache(cpu, unit)?;
@@ -784,7 +800,8 @@ pub fn global_ma_prefill_stacking(ctx: &Ctx<'_>) -> Result<Outcome> {
     }
 
     drop(fd_b);
-    let s2 = snap(&mut checks)?;
+    let s2 = settled_snap(&mut checks, &s1)?;
+    expect_conservation(&mut checks, "closing 40x200", &s1, &s2);
     for &cpu in &cpus {
         let (b, a) = (s0.cache(cpu, u64_)?, s2.cache(cpu, u64_)?);
         checks.eq(
