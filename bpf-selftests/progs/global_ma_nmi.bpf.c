@@ -3,7 +3,7 @@
  * global_ma_nmi_*: test objects allocated and freed in NMI.
  *
  * The kernel's NMI source (CONFIG_BPF_GLOBAL_MA_TEST_NMI, patches/global-ma
- * 0012) calls bpf_ma_test_nmi_hook() in every NMI it sends; nmi_hook below
+ * 0014) calls bpf_ma_test_nmi_hook() in every NMI it sends; nmi_hook below
  * runs there, checks that it really is in NMI (the NMI bits of the CPU's
  * preempt count) and does what ctl.op says:
  *
@@ -17,6 +17,15 @@
  *                      element ctl.key
  *   NMI_OP_HASH_TAKE   xchg the object out of element ctl.key, release it
  *   NMI_OP_HASH_DELETE delete element ctl.key: the map frees its object
+ *   NMI_OP_CROSS_UPDATE update the element of `plain` of the other CPU:
+ *                      ctl.cross_key[1] on CPU ctl.key, ctl.cross_key[0]
+ *                      elsewhere; -EBUSY (the bucket held by another CPU)
+ *                      is counted in `busy`, -ENOMEM (no element for the
+ *                      map) in `nulls`
+ *
+ * normal_op's NORMAL_OP_CROSS_UPDATE updates the running CPU's own element
+ * of `plain` CROSS_LOOPS times (the one NMIs on the other CPU update),
+ * counted the same way.
  *
  * normal_op (fentry on getpgid, for the runner's threads only) does the
  * same hash operations in normal context, plus NORMAL_OP_ALLOC (one
@@ -35,6 +44,7 @@
 #define NMI_MAX_CPUS	8		/* CPUs with slots */
 #define NMI_MAX_PER_NMI	8192
 #define HASH_ENTRIES	64
+#define CROSS_LOOPS	256
 
 /* preempt_count bits of NMI context (include/linux/preempt.h) */
 #define NMI_MASK	0x00f00000
@@ -47,6 +57,8 @@ enum {
 	NMI_OP_HASH_TAKE,
 	NMI_OP_HASH_DELETE,
 	NORMAL_OP_ALLOC,
+	NMI_OP_CROSS_UPDATE,
+	NORMAL_OP_CROSS_UPDATE,
 };
 
 struct nmi_ctl {
@@ -55,7 +67,8 @@ struct nmi_ctl {
 	__u32 normal_op;	/* for normal_op */
 	__u32 per_nmi;
 	__u32 slots;		/* usable slots per CPU, <= NMI_SLOTS */
-	__u32 key;		/* element of `hash` */
+	__u32 key;		/* element of `hash`; CROSS_UPDATE: CPU A */
+	__u32 cross_key[2];	/* CROSS_UPDATE: keys of CPU A and of the other */
 };
 
 struct nmi_counts {
@@ -72,6 +85,8 @@ struct nmi_counts {
 	__s64 last_err;
 	__u64 next_slot;	/* HOLD/RING position */
 	__u64 normal_runs;	/* runs of normal_op */
+	__u64 updates;		/* successful CROSS_UPDATE updates */
+	__u64 busy;		/* CROSS_UPDATE updates that got -EBUSY */
 };
 
 struct nmi_ctl ctl;
@@ -97,6 +112,21 @@ struct {
 	__type(key, __u32);
 	__type(value, struct gma_val);
 } hash SEC(".maps");
+
+/* Elements are inserted by user space: updates in NMI only overwrite.
+ * Zero seed: user space picks keys whose buckets have different
+ * map_locked slots (jhash2 with seed 0, see nmi.rs).
+ * Not preallocated: a preallocated map's update of an existing element
+ * takes the CPU's one spare element (htab->extra_elems), which an NMI
+ * that interrupts an update on the same CPU would take too.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_ZERO_SEED);
+	__uint(max_entries, HASH_ENTRIES);
+	__type(key, __u32);
+	__type(value, __u64);
+} plain SEC(".maps");
 
 extern const int __preempt_count __ksym;
 
@@ -221,6 +251,40 @@ static void hash_op(struct nmi_counts *c, __u32 op)
 	}
 }
 
+/* One update of `plain`: the outcome counted in @c */
+static void plain_update(struct nmi_counts *c, __u32 key, __u64 val)
+{
+	long err;
+
+	/* The helper's int result arrives zero-extended */
+	err = (int)bpf_map_update_elem(&plain, &key, &val, BPF_EXIST);
+	if (!err)
+		c->updates++;
+	else if (err == -16)	/* EBUSY */
+		c->busy++;
+	else if (err == -12)	/* ENOMEM: the map's free list was empty */
+		c->nulls++;
+	else
+		note_err(c, err);
+}
+
+/* In NMI: the element of the other CPU */
+static void cross_update(struct nmi_counts *c, __u32 cpu)
+{
+	plain_update(c, ctl.cross_key[cpu == ctl.key ? 1 : 0], c->nmis);
+}
+
+/* In normal context: this CPU's own element, CROSS_LOOPS times, so that
+ * this CPU holds its bucket lock much of the time
+ */
+static long cross_normal_one(__u32 i, void *data)
+{
+	struct fill_ctx *f = data;
+
+	plain_update(f->c, ctl.cross_key[f->cpu == ctl.key ? 0 : 1], i);
+	return 0;
+}
+
 static struct nmi_counts *this_cpu_counts(__u32 *cpu, bool nmi)
 {
 	__u32 key;
@@ -261,6 +325,9 @@ int BPF_PROG(nmi_hook, __u32 source, __u64 seq)
 		f.ring = ctl.op == NMI_OP_RING;
 		bpf_loop(n, fill_one, &f, 0);
 		break;
+	case NMI_OP_CROSS_UPDATE:
+		cross_update(c, cpu);
+		break;
 	default:
 		hash_op(c, ctl.op);
 		break;
@@ -293,6 +360,12 @@ int BPF_PROG(normal_op)
 		bpf_ma_testobj_release(obj, NULL);
 		c->releases++;
 		break;
+	case NORMAL_OP_CROSS_UPDATE: {
+		struct fill_ctx f = { .c = c, .cpu = cpu };
+
+		bpf_loop(CROSS_LOOPS, cross_normal_one, &f, 0);
+		break;
+	}
 	default:
 		hash_op(c, ctl.normal_op);
 		break;

@@ -1,13 +1,13 @@
 //! The global allocator's per-CPU free lists in debugfs
-//! (`/sys/kernel/debug/bpf_global_ma/caches`, patches/global-ma 0006 and
-//! 0007): one line per possible CPU and size class,
+//! (`/sys/kernel/debug/bpf_global_ma/caches`, patches/global-ma 0008 and
+//! 0010): one line per possible CPU and size class,
 //!
 //! ```text
 //! cpu<N> unit <bytes> free_cnt <n> low <l> high <h> reserve <r>
 //! ```
 //!
 //! where `high` includes `reserve`. Fields are looked up by name; `reserve`
-//! (0007) reads as 0 on a kernel that does not print it yet.
+//! (0010) reads as 0 on a kernel that does not print it yet.
 
 use std::collections::BTreeMap;
 use std::fmt;

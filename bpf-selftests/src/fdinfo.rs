@@ -1,5 +1,5 @@
 //! `/proc/self/fdinfo/<fd>` of BPF objects: `key:\tvalue` lines, and the
-//! global allocator counters of a program (patches/global-ma 0002):
+//! global allocator counters of a program (patches/global-ma 0004):
 //!
 //! ```text
 //! global_ma_allocs:<TAB>N

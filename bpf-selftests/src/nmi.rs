@@ -1,5 +1,5 @@
 //! The kernel's NMI source for tests (`CONFIG_BPF_GLOBAL_MA_TEST_NMI`,
-//! patches/global-ma 0012): `/sys/kernel/debug/bpf_global_ma_test/nmi`.
+//! patches/global-ma 0014): `/sys/kernel/debug/bpf_global_ma_test/nmi`.
 //! Writing `<cpulist> <count>` sends `count` rounds of one NMI to every
 //! listed CPU and returns when all were handled; reading it gives
 //! `cpu<N> ipi <handled> external <claimed>` per possible CPU.

@@ -1,4 +1,4 @@
-//! `BPF_GLOBAL_MA_PREFILL` (patches/global-ma 0008): the bpf() command that
+//! `BPF_GLOBAL_MA_PREFILL` (patches/global-ma 0011): the bpf() command that
 //! reserves objects of the global allocator on every possible CPU and
 //! returns a file descriptor owning the reservation. libbpf-rs has no
 //! wrapper for it, so this calls bpf(2) directly.

@@ -1,5 +1,5 @@
 //! The global BPF memory allocator's counters in debugfs
-//! (`/sys/kernel/debug/bpf_global_ma/stats`, patches/global-ma 0002):
+//! (`/sys/kernel/debug/bpf_global_ma/stats`, patches/global-ma 0004):
 //!
 //! ```text
 //! cpu<N> alloc <a> free <f> alloc_fail <x> refill <r> refill_objs <o>
@@ -293,7 +293,7 @@ pub fn poll(
     }
 }
 
-/// The reserve fields of the stats lines (patches/global-ma 0006, 0007):
+/// The reserve fields of the stats lines (patches/global-ma 0008, 0010):
 /// `prefill trim trim_objs reserved cached`, on every CPU line and the
 /// total line. `reserved` and `cached` are gauges.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -379,7 +379,7 @@ pub fn read_with_reserve() -> Result<(Stats, ReserveStats)> {
 }
 
 /// The busy-list and NMI fields of the stats lines (patches/global-ma
-/// 0010): `alloc_busy free_busy nmi_alloc nmi_alloc_fail nmi_free`, subsets
+/// 0013): `alloc_busy free_busy nmi_alloc nmi_alloc_fail nmi_free`, subsets
 /// of `alloc_fail`, `free`, `alloc`, `alloc_fail` and `free`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NmiCounters {
@@ -443,7 +443,7 @@ impl NmiStats {
 }
 
 /// A field of the total line, None when this kernel does not print it
-/// (e.g. `bad_free`, patches/global-ma 0014).
+/// (e.g. `bad_free`, patches/global-ma 0016).
 pub fn total_field(text: &str, name: &str) -> Result<Option<u64>> {
     let (_, total) = by_cpu(text, |f, label| optional(f, label, name))?;
     Ok(total)

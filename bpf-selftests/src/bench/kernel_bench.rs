@@ -1,5 +1,5 @@
 //! The kernel's allocator benchmark (`CONFIG_BPF_GLOBAL_MA_TEST_NMI`,
-//! patches/global-ma 0013): `/sys/kernel/debug/bpf_global_ma_test/bench`.
+//! patches/global-ma 0015): `/sys/kernel/debug/bpf_global_ma_test/bench`.
 //! Writing `<mode> <size> <loops>` (or `nmi <size> <loops> <batch>`) runs
 //! the benchmark on the writer's CPU and returns when done; reading gives
 //! the last result:
@@ -98,7 +98,7 @@ pub fn run(req: &Request) -> Result<Measured> {
     if !Path::new(BENCH_PATH).exists() {
         bail!(
             "{BENCH_PATH} does not exist: this kernel has no allocator benchmark \
-             (CONFIG_BPF_GLOBAL_MA_TEST_NMI with patches/global-ma 0013)"
+             (CONFIG_BPF_GLOBAL_MA_TEST_NMI with patches/global-ma 0015)"
         );
     }
     let text = req.text();

@@ -13,7 +13,7 @@
 //! then reports no figures at all.
 
 mod alloc;
-mod kernel_bench;
+pub mod kernel_bench;
 
 use anyhow::{bail, Result};
 

@@ -44,6 +44,10 @@ pub const ALL: &[Test] = &[
         run: global_ma::global_ma_prog_counts,
     },
     Test {
+        name: "global_ma_zero_size",
+        run: global_ma::global_ma_zero_size,
+    },
+    Test {
         name: "global_ma_concurrent",
         run: global_ma::global_ma_concurrent,
     },
@@ -68,6 +72,10 @@ pub const ALL: &[Test] = &[
         run: global_ma::global_ma_prefill_concurrent,
     },
     Test {
+        name: "global_ma_prefill_token_probe",
+        run: global_ma::global_ma_prefill_token_probe,
+    },
+    Test {
         name: "global_ma_prefill_enomem",
         run: global_ma::global_ma_prefill_enomem,
     },
@@ -86,6 +94,14 @@ pub const ALL: &[Test] = &[
     Test {
         name: "global_ma_nmi_hash_kptr",
         run: global_ma::global_ma_nmi_hash_kptr,
+    },
+    Test {
+        name: "global_ma_nmi_hash_buckets",
+        run: global_ma::global_ma_nmi_hash_buckets,
+    },
+    Test {
+        name: "global_ma_nmi_busy_free",
+        run: global_ma::global_ma_nmi_busy_free,
     },
     Test {
         name: "global_ma_nmi_external",

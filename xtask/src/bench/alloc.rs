@@ -25,7 +25,7 @@ use crate::pipeline::Pipeline;
 use crate::test;
 use summary::Summary;
 
-/// The kernel bench file's limits (patches/global-ma 0013).
+/// The kernel bench file's limits (patches/global-ma 0015).
 const MAX_LOOPS: u64 = 100_000_000;
 const MAX_BATCH: u32 = 65_536;
 const MAX_SIZE: u32 = 4088;
@@ -144,7 +144,7 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
 fn cmdline_words(f: &BenchAllocFlags) -> Vec<String> {
     vec![
         // The series' test config builds the allocator's debug mode, whose
-        // checks would be timed too (patches/global-ma 0015).
+        // checks would be timed too (patches/global-ma 0016).
         "bpf_global_ma_debug=0".into(),
         "rig.bench=alloc".into(),
         format!("rig.bench.sizes={}", sizes(&f.sizes)),

@@ -17,6 +17,7 @@ use super::{
     read_stats, trigger, write_global,
 };
 use crate::affinity;
+use crate::bench::kernel_bench;
 use crate::bpf::{self, Pod};
 use crate::check::Checks;
 use crate::cpu;
@@ -237,6 +238,39 @@ pub fn global_ma_prog_counts(ctx: &Ctx<'_>) -> Result<Outcome> {
     checks.eq("array lookups that failed", 0, ctl.no_elem);
 
     finish(&mut checks, (links, obj), &start)?;
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}
+
+/// `global_ma_zero_size`: an allocation of 0 bytes returns ZERO_SIZE_PTR,
+/// like kmalloc(0), and freeing it is a no-op (patch 0003 reads a header
+/// that ZERO_SIZE_PTR does not have). The kernel's bench does 1000 such
+/// pairs on one CPU; the allocator counts none of them.
+pub fn global_ma_zero_size(_ctx: &Ctx<'_>) -> Result<Outcome> {
+    if !std::path::Path::new(kernel_bench::BENCH_PATH).exists() {
+        return Ok(Outcome::Skip(format!(
+            "{} missing: no allocator bench to allocate 0 bytes with \
+             (CONFIG_BPF_GLOBAL_MA_TEST_NMI)",
+            kernel_bench::BENCH_PATH
+        )));
+    }
+    let mut checks = Checks::new();
+    let start = quiet_stats(&mut checks)?;
+    let cpu = cpu::online_cpus()?[0];
+    let m = {
+        let _pin = affinity::pin(cpu)?;
+        kernel_bench::run(&kernel_bench::Request {
+            mode: kernel_bench::Mode::Global,
+            size: 0,
+            loops: 1000,
+            batch: 0,
+        })
+        .context("1000 allocations of 0 bytes and their frees")?
+    };
+    checks.eq("failed allocations of 0 bytes", 0, m.fails);
+    let end = read_stats(&mut checks)?;
+    expect_deltas(&mut checks, "0-byte pairs", &start, &end, &[]);
+    finish(&mut checks, (), &start)?;
     checks.finish()?;
     Ok(Outcome::Pass)
 }

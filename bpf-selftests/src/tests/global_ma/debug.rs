@@ -1,5 +1,5 @@
 //! The global allocator's debug mode (CONFIG_BPF_GLOBAL_MA_DEBUG,
-//! patches/global-ma 0014): refused double and foreign frees (`bad_free`
+//! patches/global-ma 0016): refused double and foreign frees (`bad_free`
 //! in the stats, a console report) and owners that went away with objects
 //! still allocated (`/sys/kernel/debug/bpf_global_ma/outstanding`).
 //!

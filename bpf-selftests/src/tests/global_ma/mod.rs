@@ -14,6 +14,7 @@ mod kptr;
 mod nmi;
 mod prefill;
 mod stress;
+mod token;
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
@@ -23,20 +24,22 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, Program};
 
-pub use counts::global_ma_prog_counts;
+pub use counts::{global_ma_prog_counts, global_ma_zero_size};
 pub use debug::global_ma_debug_bugs;
 pub use kptr::{
     global_ma_cross_cpu, global_ma_hash_delete, global_ma_hash_overwrite, global_ma_map_free,
 };
 pub use nmi::{
-    global_ma_nmi_external, global_ma_nmi_hash_kptr, global_ma_nmi_over_reserve,
-    global_ma_nmi_stress, global_ma_nmi_within_reserve,
+    global_ma_nmi_busy_free, global_ma_nmi_external, global_ma_nmi_hash_buckets,
+    global_ma_nmi_hash_kptr, global_ma_nmi_over_reserve, global_ma_nmi_stress,
+    global_ma_nmi_within_reserve,
 };
 pub use prefill::{
     global_ma_prefill_bad_input, global_ma_prefill_concurrent, global_ma_prefill_enomem,
     global_ma_prefill_release, global_ma_prefill_sequence, global_ma_prefill_stacking,
 };
 pub use stress::global_ma_concurrent;
+pub use token::global_ma_prefill_token_probe;
 
 use crate::bpf::{self, Pod};
 use crate::btf_tags;

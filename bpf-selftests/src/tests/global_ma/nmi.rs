@@ -1,5 +1,5 @@
 //! Allocation from NMI out of the prefilled reserve (patches/global-ma
-//! 0010-0012). The kernel's test NMI source sends NMIs to chosen CPUs and
+//! 0009, 0013, 0014). The kernel's test NMI source sends NMIs to chosen CPUs and
 //! calls bpf_ma_test_nmi_hook() in each; progs/global_ma_nmi.bpf.c runs
 //! there (and checks it is in NMI), allocating test objects into per-CPU
 //! slots of an array map, or moving them through a hash map:
@@ -14,6 +14,12 @@
 //! - `global_ma_nmi_hash_kptr`: an object stored in a hash map in NMI is
 //!   taken and freed in normal context on another CPU, and the reverse,
 //!   including a hash delete in NMI that frees the object it held;
+//! - `global_ma_nmi_hash_buckets`: NMIs on two CPUs update the hash element
+//!   the other CPU's program keeps updating: without patch 0001's trylock
+//!   in NMI the two CPUs deadlock (ABBA on two bucket locks);
+//! - `global_ma_nmi_busy_free`: an NMI that lands inside the allocator
+//!   frees a reserved object, which must come back to the free list (patch
+//!   0009), and an allocation in such an NMI fails and is counted busy;
 //! - `global_ma_nmi_stress`: seconds of NMIs on all CPUs that allocate and
 //!   free, while a thread per CPU allocates and frees and another makes and
 //!   drops reservations: every counter agrees at the end.
@@ -56,6 +62,16 @@ const OP_HASH_STASH: u32 = 3;
 const OP_HASH_TAKE: u32 = 4;
 const OP_HASH_DELETE: u32 = 5;
 const OP_ALLOC: u32 = 6;
+const OP_CROSS_UPDATE: u32 = 7;
+const OP_NORMAL_CROSS_UPDATE: u32 = 8;
+/// CROSS_LOOPS in the BPF program: updates per run of normal_op.
+const CROSS_LOOPS: u64 = 256;
+/// `plain`'s buckets (max_entries 64 rounded up to a power of two) and
+/// its map_locked slots (HASHTAB_MAP_LOCK_MASK + 1).
+const PLAIN_BUCKETS: u32 = 64;
+const MAP_LOCKED_SLOTS: u32 = 8;
+/// How long the bucket-lock test hammers the two buckets.
+const CROSS_DURATION: Duration = Duration::from_millis(1500);
 
 /// `struct nmi_ctl`, the object's `.bss`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -67,6 +83,7 @@ struct NmiCtl {
     per_nmi: u32,
     slots: u32,
     key: u32,
+    cross_key: [u32; 2],
 }
 
 /// `struct nmi_counts`, the value of the `counts` array.
@@ -86,6 +103,8 @@ struct Counts {
     last_err: i64,
     next_slot: u64,
     normal_runs: u64,
+    updates: u64,
+    busy: u64,
 }
 // SAFETY: repr(C), integers only, same layout as the C structs.
 unsafe impl Pod for NmiCtl {}
@@ -564,6 +583,261 @@ pub fn global_ma_nmi_hash_kptr(ctx: &Ctx<'_>) -> Result<Outcome> {
     l.set(|c| c.op = OP_NONE)?;
     drop(l.links);
     finish(&mut checks, l.obj, &start)?;
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}
+
+/// `busy` next to the NMI file: NMIs to the writing CPU while its free list
+/// of one size class is busy, as if each NMI had landed in the allocator.
+const BUSY_PATH: &str = "/sys/kernel/debug/bpf_global_ma_test/busy";
+
+/// Sends one NMI to `cpu` while its free list of the test objects' class
+/// is busy there.
+fn busy_nmi_on(cpu: usize) -> Result<()> {
+    let _pin = affinity::pin(cpu)?;
+    let request = format!("{OBJ_SIZE} 1");
+    fs::write(BUSY_PATH, &request).with_context(|| format!("writing {request:?} to {BUSY_PATH}"))
+}
+
+/// An NMI that lands inside the allocator (patch 0009): the free it does
+/// goes to the busy list's `free_llist_extra`, and irq_work must put the
+/// object back on the free list, so that a reserved object freed in NMI
+/// stays in the reserve. An allocation in such an NMI fails and is counted
+/// as busy: the one case the reserve cannot cover.
+pub fn global_ma_nmi_busy_free(ctx: &Ctx<'_>) -> Result<Outcome> {
+    let cpus = match preflight(ctx)? {
+        Ok(c) => c,
+        Err(skip) => return Ok(skip),
+    };
+    if !std::path::Path::new(BUSY_PATH).exists() {
+        return Ok(Outcome::Skip(format!(
+            "{BUSY_PATH} missing: this kernel's NMI source cannot make a free list busy"
+        )));
+    }
+    let a = cpus[0];
+    let mut checks = Checks::new();
+    let start = quiet_stats(&mut checks)?;
+    let mut l = Loaded::new(ctx)?;
+    // 64 reserved: the list stays between the watermarks (low 32, high
+    // 96 + 64), so no refill or trim moves free_cnt during the test.
+    let reservation = prefill::prefill(OBJ_SIZE, 64, 0).context("prefill")?;
+    let key = 1u32;
+    bpf::map(&l.obj, "hash")?
+        .update(
+            &key.to_ne_bytes(),
+            &bpf::pod_bytes(&GmaVal::default()),
+            MapFlags::NO_EXIST,
+        )
+        .context("inserting hash element 1")?;
+
+    let c0 = Caches::read()?;
+    l.set(|c| {
+        c.normal_op = OP_HASH_STASH;
+        c.key = key;
+    })?;
+    l.normal_on(a)?;
+    let c1 = Caches::read()?;
+    checks.eq(
+        format!("cpu{a}: free_cnt after one allocation"),
+        free_cnt(&c0, a)? - 1,
+        free_cnt(&c1, a)?,
+    );
+
+    // The free in the busy NMI, then the allocation in another one.
+    for (op, what) in [(OP_HASH_TAKE, "free"), (OP_HASH_STASH, "alloc")] {
+        let s0 = snap(&mut checks)?;
+        let p0 = l.counts(a, true)?;
+        l.set(|c| c.op = op)?;
+        busy_nmi_on(a)?;
+        l.set(|c| c.op = OP_NONE)?;
+        let s1 = snap(&mut checks)?;
+        let p1 = l.counts(a, true)?;
+        let n = s1.nmi.cpu(a).since(&s0.nmi.cpu(a));
+        let what = format!("cpu{a}: {what} in an NMI inside the allocator");
+        checks.eq(format!("{what}: nmi_hook runs"), 1, p1.nmis - p0.nmis);
+        if op == OP_HASH_TAKE {
+            checks.eq(
+                format!("{what}: nmi_free, free_busy"),
+                (1, 1),
+                (n.nmi_free, n.free_busy),
+            );
+            expect_deltas(&mut checks, &what, &s0.stats, &s1.stats, &[(a, 0, 1)]);
+            // Back on the free list, not left on free_llist_extra.
+            let c2 = Caches::read()?;
+            checks.eq(
+                format!("{what}: free_cnt (the object back in the reserve)"),
+                free_cnt(&c0, a)?,
+                free_cnt(&c2, a)?,
+            );
+        } else {
+            checks.eq(
+                format!("{what}: program's failed allocations"),
+                1,
+                p1.nulls - p0.nulls,
+            );
+            checks.eq(
+                format!("{what}: alloc_busy, nmi_alloc_fail"),
+                (1, 1),
+                (n.alloc_busy, n.nmi_alloc_fail),
+            );
+            let d = s1.stats.total.since(&s0.stats.total);
+            checks.eq(
+                format!("{what}: total alloc, free, alloc_fail deltas"),
+                (0, 0, 1),
+                (d.alloc, d.free, d.alloc_fail),
+            );
+        }
+    }
+    let p = l.counts(a, true)?;
+    checks.eq(format!("cpu{a}: runs with in_nmi()"), p.nmis, p.in_nmi);
+    checks.eq(
+        format!("cpu{a}: nmi_hook errors (last {})", p.last_err),
+        0,
+        p.errs,
+    );
+
+    drop(l.links);
+    finish(&mut checks, (l.obj, reservation), &start)?;
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}
+
+/// Two CPUs update hash elements (a program in normal context, in a loop)
+/// while NMIs on both update
+/// the element the other CPU updates (patch 0001). A bucket lock held by
+/// one CPU when the other's NMI wants it, and the reverse at the same time,
+/// is an ABBA deadlock that map_locked does not catch (the two buckets have
+/// different slots): without the trylock in NMI the two CPUs hang in their
+/// NMIs. With it, every NMI update either succeeds or gets -EBUSY.
+/// The kernel's jhash2() of one u32 with seed 0: what a BPF_F_ZERO_SEED
+/// hash map hashes a u32 key to (kernel/bpf/hashtab.c, htab_map_hash()).
+fn jhash_u32_zero_seed(key: u32) -> u32 {
+    let init = 0xdead_beefu32.wrapping_add(4);
+    let (mut a, mut b, mut c) = (init.wrapping_add(key), init, init);
+    let mix = |x: &mut u32, y: u32, r: u32| {
+        *x ^= y;
+        *x = x.wrapping_sub(y.rotate_left(r));
+    };
+    mix(&mut c, b, 14);
+    mix(&mut a, c, 11);
+    mix(&mut b, a, 25);
+    mix(&mut c, b, 16);
+    mix(&mut a, c, 4);
+    mix(&mut b, a, 14);
+    mix(&mut c, b, 24);
+    c
+}
+
+/// Two keys whose buckets differ and whose map_locked slots differ too, so
+/// that map_locked cannot stop the ABBA below.
+fn cross_keys() -> [u32; 2] {
+    let slot = |k: u32| jhash_u32_zero_seed(k) % MAP_LOCKED_SLOTS;
+    let other = (2..).find(|&k| slot(k) != slot(1)).unwrap_or(2);
+    debug_assert!(
+        jhash_u32_zero_seed(1) % PLAIN_BUCKETS != jhash_u32_zero_seed(other) % PLAIN_BUCKETS
+    );
+    [1, other]
+}
+
+pub fn global_ma_nmi_hash_buckets(ctx: &Ctx<'_>) -> Result<Outcome> {
+    let cpus = match preflight(ctx)? {
+        Ok(c) => c,
+        Err(skip) => return Ok(skip),
+    };
+    if cpus.len() < 2 {
+        bail!("needs two online CPUs, has {cpus:?}");
+    }
+    let (a, b) = (cpus[0], cpus[1]);
+    let mut checks = Checks::new();
+    let mut l = Loaded::new(ctx)?;
+    let keys = cross_keys();
+    {
+        let plain = bpf::map(&l.obj, "plain")?;
+        for key in keys {
+            plain
+                .update(&key.to_ne_bytes(), &0u64.to_ne_bytes(), MapFlags::NO_EXIST)
+                .with_context(|| format!("inserting plain element {key}"))?;
+        }
+    }
+    let before = [
+        (l.counts(a, true)?, l.counts(a, false)?),
+        (l.counts(b, true)?, l.counts(b, false)?),
+    ];
+    l.set(|c| {
+        c.op = OP_CROSS_UPDATE;
+        c.normal_op = OP_NORMAL_CROSS_UPDATE;
+        c.key = a as u32;
+        c.cross_key = keys;
+    })?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let rounds = thread::scope(|s| -> Result<u64> {
+        let stop = &stop;
+        let workers: Vec<_> = [a, b]
+            .into_iter()
+            .map(|cpu| {
+                s.spawn(move || -> Result<()> {
+                    let _pin = affinity::pin(cpu)?;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        trigger()?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        let mut rounds = 0u64;
+        let sent = (|| -> Result<()> {
+            while start.elapsed() < CROSS_DURATION {
+                nmi::send(&[a, b], 100)?;
+                rounds += 100;
+            }
+            Ok(())
+        })();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in workers {
+            w.join()
+                .map_err(|p| anyhow::anyhow!("update thread panicked: {}", panic_message(&*p)))??;
+        }
+        sent?;
+        Ok(rounds)
+    })?;
+    l.set(|c| {
+        c.op = OP_NONE;
+        c.normal_op = OP_NONE;
+    })?;
+    let (mut busy, mut normal_updates) = (0, 0);
+    for (&cpu, (nmi0, normal0)) in [a, b].iter().zip(&before) {
+        let p = l.counts(cpu, true)?;
+        let q = l.counts(cpu, false)?;
+        expect_clean_nmi_runs(&mut checks, cpu, &p, p.nmis);
+        checks.eq(
+            format!("cpu{cpu}: NMIs handled"),
+            rounds,
+            p.nmis - nmi0.nmis,
+        );
+        checks.eq(
+            format!("cpu{cpu}: NMI updates, ok + EBUSY + ENOMEM"),
+            p.nmis - nmi0.nmis,
+            (p.updates + p.busy + p.nulls) - (nmi0.updates + nmi0.busy + nmi0.nulls),
+        );
+        checks.eq(
+            format!("cpu{cpu}: normal_op errors (last {})", q.last_err),
+            0,
+            q.errs,
+        );
+        checks.eq(
+            format!("cpu{cpu}: normal updates, ok + EBUSY + ENOMEM"),
+            (q.normal_runs - normal0.normal_runs) * CROSS_LOOPS,
+            (q.updates + q.busy + q.nulls) - (normal0.updates + normal0.busy + normal0.nulls),
+        );
+        busy += p.busy - nmi0.busy;
+        normal_updates += q.updates - normal0.updates;
+    }
+    ctx.diag(format!(
+        "keys {keys:?}: {rounds} NMI rounds on cpu{a}+cpu{b} against {normal_updates} \
+         updates in normal context; NMI updates refused with EBUSY: {busy}"
+    ));
+    drop(l.links);
     checks.finish()?;
     Ok(Outcome::Pass)
 }

@@ -1,5 +1,5 @@
 //! Reserves of the global allocator made with `BPF_GLOBAL_MA_PREFILL`
-//! (patches/global-ma 0006-0009, Documentation/bpf/global_ma.rst), with
+//! (patches/global-ma 0010-0012, Documentation/bpf/global_ma.rst), with
 //! progs/global_ma_prefill.bpf.c allocating and freeing test objects (32
 //! bytes, size class 64) on the CPU a pinned thread triggers it from:
 //!
@@ -92,7 +92,7 @@ struct PfCtl {
 // SAFETY: repr(C), integers only, same layout as the C struct.
 unsafe impl Pod for PfCtl {}
 
-/// Skip on a kernel without the reserves (a patch before 0008, checked by
+/// Skip on a kernel without the reserves (a patch before 0011, checked by
 /// check-series or bisect), probing the command without touching the
 /// allocator.
 fn missing(ctx: &Ctx<'_>) -> Result<Option<Outcome>> {
