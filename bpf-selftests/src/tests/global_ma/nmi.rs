@@ -139,6 +139,17 @@ fn preflight(ctx: &Ctx<'_>) -> Result<std::result::Result<Vec<usize>, Outcome>> 
     Ok(Ok(cpus))
 }
 
+/// `preflight`, and at least two online CPUs.
+fn preflight_two_cpus(ctx: &Ctx<'_>) -> Result<std::result::Result<Vec<usize>, Outcome>> {
+    let cpus = preflight(ctx)?;
+    if let Ok(c) = &cpus {
+        if c.len() < 2 {
+            bail!("needs two online CPUs, has {c:?}");
+        }
+    }
+    Ok(cpus)
+}
+
 struct Loaded {
     obj: Object,
     links: Vec<Link>,
@@ -470,13 +481,10 @@ pub fn global_ma_nmi_over_reserve(ctx: &Ctx<'_>) -> Result<Outcome> {
 }
 
 pub fn global_ma_nmi_hash_kptr(ctx: &Ctx<'_>) -> Result<Outcome> {
-    let cpus = match preflight(ctx)? {
+    let cpus = match preflight_two_cpus(ctx)? {
         Ok(c) => c,
         Err(skip) => return Ok(skip),
     };
-    if cpus.len() < 2 {
-        bail!("needs two online CPUs, has {cpus:?}");
-    }
     let mut checks = Checks::new();
     let start = quiet_stats(&mut checks)?;
     let mut l = Loaded::new(ctx)?;
@@ -731,22 +739,19 @@ fn jhash_u32_zero_seed(key: u32) -> u32 {
 /// Two keys whose buckets differ and whose map_locked slots differ too, so
 /// that map_locked cannot stop the ABBA below.
 fn cross_keys() -> [u32; 2] {
+    // Different slots imply different buckets: the slot is the low bits
+    // of the bucket index (PLAIN_BUCKETS is a multiple of the slots).
+    const _: () = assert!(PLAIN_BUCKETS.is_multiple_of(MAP_LOCKED_SLOTS));
     let slot = |k: u32| jhash_u32_zero_seed(k) % MAP_LOCKED_SLOTS;
     let other = (2..).find(|&k| slot(k) != slot(1)).unwrap_or(2);
-    debug_assert!(
-        jhash_u32_zero_seed(1) % PLAIN_BUCKETS != jhash_u32_zero_seed(other) % PLAIN_BUCKETS
-    );
     [1, other]
 }
 
 pub fn global_ma_nmi_hash_buckets(ctx: &Ctx<'_>) -> Result<Outcome> {
-    let cpus = match preflight(ctx)? {
+    let cpus = match preflight_two_cpus(ctx)? {
         Ok(c) => c,
         Err(skip) => return Ok(skip),
     };
-    if cpus.len() < 2 {
-        bail!("needs two online CPUs, has {cpus:?}");
-    }
     let (a, b) = (cpus[0], cpus[1]);
     let mut checks = Checks::new();
     let mut l = Loaded::new(ctx)?;
