@@ -93,10 +93,10 @@ struct PfCtl {
 unsafe impl Pod for PfCtl {}
 
 /// Skip on a kernel without the reserves (a patch before 0011, checked by
-/// check-series or bisect), probing the command without touching the
-/// allocator.
-fn missing(ctx: &Ctx<'_>) -> Result<Option<Outcome>> {
-    if let Some(skip) = super::missing_feature(ctx, OBJECT) {
+/// check-series or bisect) or without `object`, probing the command
+/// without touching the allocator.
+pub(super) fn missing_reserves(ctx: &Ctx<'_>, object: &str) -> Result<Option<Outcome>> {
+    if let Some(skip) = super::missing_feature(ctx, object) {
         return Ok(Some(skip));
     }
     if !std::path::Path::new(caches::CACHES_PATH).exists() {
@@ -609,7 +609,7 @@ fn online(checks: &mut Checks, s: &Snap) -> Result<Vec<usize>> {
 }
 
 pub fn global_ma_prefill_sequence(ctx: &Ctx<'_>) -> Result<Outcome> {
-    if let Some(skip) = missing(ctx)? {
+    if let Some(skip) = missing_reserves(ctx, OBJECT)? {
         return Ok(skip);
     }
     let mut checks = Checks::new();
@@ -666,7 +666,7 @@ pub fn global_ma_prefill_sequence(ctx: &Ctx<'_>) -> Result<Outcome> {
 }
 
 pub fn global_ma_prefill_release(ctx: &Ctx<'_>) -> Result<Outcome> {
-    if let Some(skip) = missing(ctx)? {
+    if let Some(skip) = missing_reserves(ctx, OBJECT)? {
         return Ok(skip);
     }
     let mut checks = Checks::new();
@@ -764,7 +764,7 @@ pub fn global_ma_prefill_release(ctx: &Ctx<'_>) -> Result<Outcome> {
 }
 
 pub fn global_ma_prefill_stacking(ctx: &Ctx<'_>) -> Result<Outcome> {
-    if let Some(skip) = missing(ctx)? {
+    if let Some(skip) = missing_reserves(ctx, OBJECT)? {
         return Ok(skip);
     }
     let mut checks = Checks::new();
@@ -935,7 +935,7 @@ fn unprivileged_errno() -> Result<i32> {
 }
 
 pub fn global_ma_prefill_bad_input(ctx: &Ctx<'_>) -> Result<Outcome> {
-    if let Some(skip) = missing(ctx)? {
+    if let Some(skip) = missing_reserves(ctx, OBJECT)? {
         return Ok(skip);
     }
     let mut checks = Checks::new();
@@ -1101,7 +1101,7 @@ struct Hammered {
 }
 
 pub fn global_ma_prefill_concurrent(ctx: &Ctx<'_>) -> Result<Outcome> {
-    if let Some(skip) = missing(ctx)? {
+    if let Some(skip) = missing_reserves(ctx, OBJECT)? {
         return Ok(skip);
     }
     let mut checks = Checks::new();
@@ -1248,7 +1248,7 @@ const ENOMEM_COUNT: u32 = 2000;
 /// it took given back: the caches file and the reserve counters exactly as
 /// before, in_use where it was. The same prefill then succeeds.
 pub fn global_ma_prefill_enomem(ctx: &Ctx<'_>) -> Result<Outcome> {
-    if let Some(skip) = missing(ctx)? {
+    if let Some(skip) = missing_reserves(ctx, OBJECT)? {
         return Ok(skip);
     }
     if !std::path::Path::new(prefill::FAIL_PAGE_ALLOC).exists() {

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 
 use super::open;
 use crate::bpf;
-use crate::caches::{self, Caches};
+use crate::caches::Caches;
 use crate::check::Checks;
 use crate::prefill::{self, PrefillAttr};
 use crate::runner::{Ctx, Outcome};
@@ -29,17 +29,8 @@ fn reserved() -> Result<u64> {
 }
 
 pub fn global_ma_prefill_token_probe(ctx: &Ctx<'_>) -> Result<Outcome> {
-    if let Some(skip) = super::missing_feature(ctx, OBJECT) {
+    if let Some(skip) = super::prefill::missing_reserves(ctx, OBJECT)? {
         return Ok(skip);
-    }
-    if !std::path::Path::new(caches::CACHES_PATH).exists() {
-        return Ok(Outcome::Skip(format!(
-            "{} missing: this kernel has no per-CPU reserves",
-            caches::CACHES_PATH
-        )));
-    }
-    if let Some(why) = prefill::probe()? {
-        return Ok(Outcome::Skip(why));
     }
     let mut checks = Checks::new();
     let before = (reserved()?, Caches::read()?);
