@@ -14,6 +14,9 @@ pub struct Config {
     pub cpus: Option<usize>,
     /// `rig.filter=S` / `--filter S`: run only tests whose name contains S.
     pub filter: Option<String>,
+    /// `rig.failfast` / `--fail-fast`: stop at the first failing test (the
+    /// host reports the rest as not run).
+    pub fail_fast: bool,
     /// `--ktap PATH`: write KTAP here instead of the virtio port.
     pub ktap: Option<PathBuf>,
     /// `--bpf-dir DIR`: where `<name>.bpf.o` files live.
@@ -32,8 +35,8 @@ pub struct Config {
 }
 
 pub const USAGE: &str =
-    "usage: bpf-selftests [--ktap PATH] [--bpf-dir DIR] [--filter SUBSTR] [--list] [--libbpf-debug]
-Reads rig.cpus=N, rig.filter=SUBSTR and rig.bench=NAME (with rig.bench.<param>=VALUE)
+    "usage: bpf-selftests [--ktap PATH] [--bpf-dir DIR] [--filter SUBSTR] [--fail-fast] [--list] [--libbpf-debug]
+Reads rig.cpus=N, rig.filter=SUBSTR, rig.failfast and rig.bench=NAME (with rig.bench.<param>=VALUE)
 from /proc/cmdline; --filter overrides rig.filter.";
 
 impl Config {
@@ -58,6 +61,8 @@ impl Config {
                 cfg.cpus = Some(n);
             } else if let Some(v) = word.strip_prefix("rig.filter=") {
                 cfg.filter = (!v.is_empty()).then(|| v.to_string());
+            } else if word == "rig.failfast" {
+                cfg.fail_fast = true;
             } else if let Some(v) = word.strip_prefix("rig.fault=") {
                 cfg.fault = (!v.is_empty()).then(|| v.to_string());
             } else if let Some(v) = word.strip_prefix("rig.bench=") {
@@ -86,6 +91,7 @@ impl Config {
                 "--bpf-dir" => self.bpf_dir = PathBuf::from(value("--bpf-dir")?),
                 "--filter" => self.filter = Some(value("--filter")?),
                 "--list" => self.list = true,
+                "--fail-fast" => self.fail_fast = true,
                 "--libbpf-debug" => self.libbpf_debug = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -113,6 +119,8 @@ mod tests {
         assert_eq!(c.cpus, Some(4));
         assert_eq!(c.filter.as_deref(), Some("hash"));
         assert!(c.selects("hash_no_prealloc_all_cpus"));
+        assert!(!c.fail_fast);
+        assert!(Config::from_cmdline("rig.failfast").unwrap().fail_fast);
         assert!(!c.selects("cpus_online"));
         assert_eq!(c.bpf_dir, PathBuf::from(DEFAULT_BPF_DIR));
     }

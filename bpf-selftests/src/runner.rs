@@ -72,8 +72,9 @@ pub fn run(ktap: &Ktap, cfg: &Config, table: &[Test]) -> bool {
     ktap.header(&names);
 
     let ctx = Ctx { cfg };
-    let (mut failed, mut skipped) = (0, 0);
+    let (mut ran, mut failed, mut skipped) = (0, 0, 0);
     for (i, test) in selected.iter().enumerate() {
+        ran += 1;
         ktap.start(test.name);
         let started = Instant::now();
         let result = panic::catch_unwind(AssertUnwindSafe(|| (test.run)(&ctx)));
@@ -98,9 +99,18 @@ pub fn run(ktap: &Ktap, cfg: &Config, table: &[Test]) -> bool {
             Verdict::Skip(_) => skipped += 1,
             Verdict::Pass => {}
         }
+        let stop = cfg.fail_fast && matches!(verdict, Verdict::Fail);
         ktap.result(i + 1, test.name, verdict, elapsed);
+        if stop {
+            eprintln!(
+                "bpf-selftests: fail-fast: stopping after {}, {} test(s) not run",
+                test.name,
+                selected.len() - i - 1
+            );
+            break;
+        }
     }
-    let passed = selected.len() - failed - skipped;
+    let passed = ran - failed - skipped;
     // Not on the KTAP stream: the host's parser expects nothing after the
     // last result line.
     eprintln!("bpf-selftests: pass:{passed} fail:{failed} skip:{skipped}");

@@ -38,6 +38,12 @@ pub enum Cmd {
     Bisect(BisectFlags),
     /// Benchmarks that print figures side by side in one run.
     Bench(BenchFlags),
+    /// Break one claim of the series at a time (patches/<series>/mutants.yaml),
+    /// rebuild, boot with fail-fast selftests: every mutant must be killed.
+    Mutants(MutantsFlags),
+    /// Install what the rig and its tests need (every command does this first):
+    /// .ci/debian-packages with apt-get when root, actionlint under target/tools.
+    Setup,
     /// One `git bisect run` step (used by bisect): 0 good, 1 bad, 125 skip.
     #[command(hide = true)]
     BisectStep(BootFlags),
@@ -50,6 +56,17 @@ pub struct CheckSeriesFlags {
     /// Also boot each patch and run the selftests.
     #[arg(long)]
     pub boot: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(mut_arg("filter", |a| a
+    .help("Run only the mutants whose name, patch number or file contains this")))]
+pub struct MutantsFlags {
+    #[command(flatten)]
+    pub boot: BootFlags,
+    /// Print the mutants (name, patch, claim) and exit.
+    #[arg(long)]
+    pub list: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -14,12 +14,14 @@ mod kbuild;
 mod kconfig;
 mod ktap;
 mod lock;
+mod mutants;
 mod patches;
 mod pgroup;
 mod pipeline;
 mod progress;
 mod results;
 mod series_check;
+mod setup;
 mod signals;
 mod test;
 mod tree;
@@ -44,6 +46,8 @@ fn main() -> anyhow::Result<()> {
             flags::BenchWhat::Rig(r) => bench::rig(r),
             flags::BenchWhat::Alloc(a) => bench::alloc(a),
         },
+        flags::Cmd::Mutants(f) => mutants::run(f),
+        flags::Cmd::Setup => setup::ensure(&context::repo_root()).map(|()| 0),
         flags::Cmd::BisectStep(f) => bisect::step(f),
     };
     match outcome {

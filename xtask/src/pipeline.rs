@@ -22,6 +22,7 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(common: Common) -> Result<Pipeline> {
         let ctx = Ctx::new(common)?;
+        crate::setup::ensure(&ctx.repo)?;
         // A bisect step runs under its parent's lock.
         let lock = if std::env::var_os(lock::HELD_BY_PARENT).is_some() {
             None

@@ -37,19 +37,23 @@ pub struct ResultsFile<'a> {
 
 /// A fresh `runs/<time>-<series>` dir, with `runs/latest` pointing at it.
 pub fn new_run_dir(work: &Path, series: &str) -> Result<PathBuf> {
-    let runs = work.join("runs");
-    std::fs::create_dir_all(&runs)?;
+    new_stamped_dir(&work.join("runs"), series)
+}
+
+/// `<parent>/<UTC time>-<name>`, made unique, with `<parent>/latest` pointing at it.
+pub fn new_stamped_dir(parent: &Path, name: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let stamp = duct::cmd!("date", "-u", "+%Y%m%d-%H%M%S")
         .read()
         .context("reading the date")?;
-    let mut dir = runs.join(format!("{stamp}-{series}"));
+    let mut dir = parent.join(format!("{stamp}-{name}"));
     let mut n = 1;
     while dir.exists() {
         n += 1;
-        dir = runs.join(format!("{stamp}-{series}-{n}"));
+        dir = parent.join(format!("{stamp}-{name}-{n}"));
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let latest = runs.join("latest");
+    let latest = parent.join("latest");
     let _ = std::fs::remove_file(&latest);
     let _ = std::os::unix::fs::symlink(dir.file_name().unwrap(), &latest);
     Ok(dir)

