@@ -48,10 +48,16 @@ struct Declared {
 pub enum Outcome {
     /// The selftests failed: the tests that failed, crashed or skipped, and
     /// the first splat or the guest's ending when those say more.
-    Killed { by: Vec<String> },
+    Killed {
+        by: Vec<String>,
+    },
     Survived,
-    DidNotApply { why: String },
-    DidNotBuild { why: String },
+    DidNotApply {
+        why: String,
+    },
+    DidNotBuild {
+        why: String,
+    },
 }
 
 impl Outcome {
@@ -116,13 +122,19 @@ fn resolve(series: &Series, mutants: Vec<Mutant>) -> Result<Vec<Declared>> {
     let mut out = Vec::new();
     for m in mutants {
         if m.name.is_empty() || m.name.contains(char::is_whitespace) {
-            bail!("mutant name {:?}: give a non-empty name without spaces", m.name);
+            bail!(
+                "mutant name {:?}: give a non-empty name without spaces",
+                m.name
+            );
         }
         if !seen.insert(m.name.clone()) {
             bail!("mutant `{}` is declared twice", m.name);
         }
         if m.find == m.replace {
-            bail!("mutant `{}`: `find` and `replace` are the same text", m.name);
+            bail!(
+                "mutant `{}`: `find` and `replace` are the same text",
+                m.name
+            );
         }
         if m.find.is_empty() {
             bail!("mutant `{}`: `find` is empty", m.name);
@@ -226,7 +238,9 @@ pub fn run(f: MutantsFlags) -> Result<i32> {
         .iter()
         .filter(|d| {
             f.boot.filter.as_deref().is_none_or(|t| {
-                d.mutant.name.contains(t) || d.patch_file.starts_with(t) || d.mutant.file.contains(t)
+                d.mutant.name.contains(t)
+                    || d.patch_file.starts_with(t)
+                    || d.mutant.file.contains(t)
             })
         })
         .collect();
@@ -330,9 +344,23 @@ pub fn run(f: MutantsFlags) -> Result<i32> {
             seconds: secs,
             run_dir,
         });
-        write_results(&out_dir, &series.name, &base, started, interrupted, &records)?;
+        write_results(
+            &out_dir,
+            &series.name,
+            &base,
+            started,
+            interrupted,
+            &records,
+        )?;
     }
-    write_results(&out_dir, &series.name, &base, started, interrupted, &records)?;
+    write_results(
+        &out_dir,
+        &series.name,
+        &base,
+        started,
+        interrupted,
+        &records,
+    )?;
     let killed = records
         .iter()
         .filter(|r| matches!(r.outcome, Outcome::Killed { .. }))
@@ -449,7 +477,9 @@ mod tests {
     #[test]
     fn mutate_needs_exactly_one_match() {
         assert_eq!(mutate("a b c", "b", "x").unwrap(), "a x c");
-        assert!(mutate("a b c", "z", "x").unwrap_err().contains("not in the file"));
+        assert!(mutate("a b c", "z", "x")
+            .unwrap_err()
+            .contains("not in the file"));
         assert!(mutate("b b", "b", "x").unwrap_err().contains("2 times"));
     }
 
@@ -495,8 +525,11 @@ mod tests {
         assert!(err(vec![m("one", "0003", "kernel/b.c")]).contains("no patch"));
         assert!(err(vec![m("one", "000", "kernel/b.c")]).contains("names 2 patches"));
         assert!(err(vec![m("one", "0001", "kernel/b.c")]).contains("does not touch"));
-        assert!(err(vec![m("a", "0001", "kernel/a.c"), m("a", "0001", "kernel/a.c")])
-            .contains("twice"));
+        assert!(err(vec![
+            m("a", "0001", "kernel/a.c"),
+            m("a", "0001", "kernel/a.c")
+        ])
+        .contains("twice"));
         assert!(err(vec![m("has space", "0001", "kernel/a.c")]).contains("without spaces"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
