@@ -16,6 +16,9 @@ use crate::ktap;
 /// for) goes to stderr.
 pub fn forward_libbpf_log(debug: bool) {
     fn print(level: PrintLevel, msg: String) {
+        if let Some(buf) = CAPTURED.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            buf.push_str(&msg);
+        }
         match level {
             // libbpf's messages already start with "libbpf: ".
             PrintLevel::Warn => ktap::diag(msg.trim_end()),
@@ -28,6 +31,19 @@ pub fn forward_libbpf_log(debug: bool) {
         PrintLevel::Info
     };
     libbpf_rs::set_print(Some((level, print)));
+}
+
+/// libbpf's messages while `capture_libbpf_log` runs.
+static CAPTURED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Runs `f` and returns what libbpf logged meanwhile (verifier logs of
+/// failed loads included), besides forwarding it as usual.
+pub fn capture_libbpf_log<T>(f: impl FnOnce() -> T) -> (T, String) {
+    let lock = || CAPTURED.lock().unwrap_or_else(|e| e.into_inner());
+    *lock() = Some(String::new());
+    let r = f();
+    let log = lock().take().unwrap_or_default();
+    (r, log)
 }
 
 /// `<dir>/<name>.bpf.o`.

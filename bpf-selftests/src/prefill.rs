@@ -78,6 +78,7 @@ pub fn errno_name(e: i32) -> String {
         libc::EINTR => "EINTR".into(),
         libc::EOPNOTSUPP => "EOPNOTSUPP".into(),
         libc::EFAULT => "EFAULT".into(),
+        libc::EMFILE => "EMFILE".into(),
         0 => "success".into(),
         n => format!("errno {n}"),
     }

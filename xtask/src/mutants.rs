@@ -284,6 +284,7 @@ pub fn run(f: MutantsFlags) -> Result<i32> {
     // The series itself must pass, or every mutant is "killed" for nothing.
     eprintln!("[mutants] baseline: the series unmutated");
     let base = judge(&p, &boot)?;
+    crate::signals::check()?;
     if !base.passed {
         bail!(
             "the unmutated series fails ({}); run dir {}: fix that before testing mutants",
@@ -444,6 +445,8 @@ fn run_one(
         Err(e) => return Err(e),
     }
     let s = judge(p, boot)?;
+    // An interrupted boot ends in a failed verdict: that is not a kill.
+    crate::signals::check()?;
     let outcome = if s.passed {
         Outcome::Survived
     } else {

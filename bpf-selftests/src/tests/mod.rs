@@ -48,6 +48,10 @@ pub const ALL: &[Test] = &[
         run: global_ma::global_ma_zero_size,
     },
     Test {
+        name: "global_ma_prog_arg_refused",
+        run: global_ma::global_ma_prog_arg_refused,
+    },
+    Test {
         name: "global_ma_concurrent",
         run: global_ma::global_ma_concurrent,
     },
@@ -82,6 +86,10 @@ pub const ALL: &[Test] = &[
     Test {
         name: "global_ma_debug_bugs",
         run: global_ma::global_ma_debug_bugs,
+    },
+    Test {
+        name: "global_ma_debug_owner_gone",
+        run: global_ma::global_ma_debug_owner_gone,
     },
     Test {
         name: "global_ma_nmi_within_reserve",

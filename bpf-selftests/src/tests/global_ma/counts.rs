@@ -274,3 +274,35 @@ pub fn global_ma_zero_size(_ctx: &Ctx<'_>) -> Result<Outcome> {
     checks.finish()?;
     Ok(Outcome::Pass)
 }
+
+/// Must not load: see progs/global_ma_bad_prog_arg.bpf.c.
+const BAD_PROG_ARG: &str = "global_ma_bad_prog_arg";
+/// The verifier's words for a pointer in a __prog argument (0005).
+const PROG_ARG_REFUSED: &str = "arg#0 is set by the kernel, pass NULL";
+
+/// A kfunc's __prog argument is the verifier's to fill in (0005): a
+/// program that passes a pointer there is refused, so a referenced
+/// pointer can never be dropped by looking consumed.
+pub fn global_ma_prog_arg_refused(ctx: &Ctx<'_>) -> Result<Outcome> {
+    if let Some(skip) = super::missing_feature(ctx, BAD_PROG_ARG) {
+        return Ok(skip);
+    }
+    let mut checks = Checks::new();
+    let open = bpf::open_object(&ctx.cfg.bpf_dir, BAD_PROG_ARG)?;
+    let (loaded, log) = bpf::capture_libbpf_log(|| open.load());
+    checks.eq(
+        "a pointer passed as aux__prog: the object loads",
+        false,
+        loaded.is_ok(),
+    );
+    checks.eq(
+        format!("the verifier log says {PROG_ARG_REFUSED:?}"),
+        true,
+        log.contains(PROG_ARG_REFUSED),
+    );
+    if let Some(line) = log.lines().find(|l| l.contains("is set by the kernel")) {
+        ctx.diag(format!("refused: {}", line.trim()));
+    }
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}

@@ -16,9 +16,11 @@ use std::fmt;
 use anyhow::{bail, Result};
 use libbpf_rs::{Link, Map, MapCore, MapFlags, Object};
 
+use super::debug::{read_outstanding, Outstanding, OUTSTANDING_PATH};
 use super::{
     attach, describe_cpu_deltas, drop_and_settle, expect_deltas, expect_prog_delta, finish, open,
-    prog_counts, prog_id, quiet_stats, read_stats, trigger, write_global, MAGIC, SETTLE_TIMEOUT,
+    prog_counts, prog_id, quiet_stats, read_stats, trigger, write_global, MAGIC, POLL_INTERVAL,
+    SETTLE_TIMEOUT,
 };
 use crate::affinity;
 use crate::bpf::{self, Pod};
@@ -735,6 +737,82 @@ pub fn global_ma_cross_cpu(ctx: &Ctx<'_>) -> Result<Outcome> {
         k.counts(TAKE)?.map(|c| c.to_string()).unwrap_or_default(),
     ));
     finish(&mut checks, k, &start)?;
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}
+
+/// Objects the owner-gone test leaves in the map when its programs go.
+const ORPHANS: u32 = 3;
+
+/// Polls `outstanding` until `done` holds (or SETTLE_TIMEOUT); returns the
+/// last listing.
+fn poll_outstanding(done: impl Fn(&[Outstanding]) -> bool) -> Result<Vec<Outstanding>> {
+    let start = std::time::Instant::now();
+    loop {
+        let listed = read_outstanding()?.unwrap_or_default();
+        if done(&listed) || start.elapsed() > SETTLE_TIMEOUT {
+            return Ok(listed);
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// The debug mode's owners (0016): a program that goes away while a map
+/// still holds objects it allocated is listed in `outstanding` with its
+/// name, id and the number of those objects, and drops off the list once
+/// the map has freed them.
+pub fn global_ma_debug_owner_gone(ctx: &Ctx<'_>) -> Result<Outcome> {
+    if let Some(skip) = super::missing_feature(ctx, OBJECT) {
+        return Ok(skip);
+    }
+    let Some(before) = read_outstanding()? else {
+        return Ok(Outcome::Skip(format!(
+            "{OUTSTANDING_PATH} missing: no global allocator debug mode \
+             (CONFIG_BPF_GLOBAL_MA_DEBUG)"
+        )));
+    };
+    let mut checks = Checks::new();
+    let start = quiet_stats(&mut checks)?;
+    let cpu = cpu::online_cpus()?[0];
+    let _pin = affinity::pin(cpu)?;
+    let k = KptrObj::load(ctx)?;
+    let stash_id = prog_id(&k.obj, STASH)?;
+    for key in 0..ORPHANS {
+        k.run(Op::Stash, Kind::Hash, 300 + key)?;
+    }
+    let map = {
+        use std::os::fd::AsFd;
+        k.map(Kind::Hash)?.as_fd().try_clone_to_owned()?
+    };
+    // The programs go; the map stays, held by `map`.
+    drop(k);
+    let want = Outstanding {
+        name: STASH.to_string(),
+        id: stash_id,
+        live: i64::from(ORPHANS),
+    };
+    let new = |listed: &[Outstanding]| -> Vec<Outstanding> {
+        listed
+            .iter()
+            .filter(|o| !before.contains(o))
+            .cloned()
+            .collect()
+    };
+    let listed = poll_outstanding(|l| new(l).contains(&want))?;
+    ctx.diag(format!("programs closed, map kept: outstanding {listed:?}"));
+    checks.eq(
+        "programs gone, map kept: new outstanding owners",
+        vec![want],
+        new(&listed),
+    );
+    drop(map);
+    let listed = poll_outstanding(|l| new(l).is_empty())?;
+    checks.eq(
+        "map gone too: new outstanding owners",
+        Vec::<Outstanding>::new(),
+        new(&listed),
+    );
+    finish(&mut checks, (), &start)?;
     checks.finish()?;
     Ok(Outcome::Pass)
 }

@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, Program};
 
-pub use counts::{global_ma_prog_counts, global_ma_zero_size};
+pub use counts::{global_ma_prog_arg_refused, global_ma_prog_counts, global_ma_zero_size};
 pub use debug::global_ma_debug_bugs;
 pub use kptr::{
-    global_ma_cross_cpu, global_ma_hash_delete, global_ma_hash_overwrite, global_ma_map_free,
+    global_ma_cross_cpu, global_ma_debug_owner_gone, global_ma_hash_delete,
+    global_ma_hash_overwrite, global_ma_map_free,
 };
 pub use nmi::{
     global_ma_nmi_busy_free, global_ma_nmi_external, global_ma_nmi_hash_buckets,

@@ -72,6 +72,8 @@ const PLAIN_BUCKETS: u32 = 64;
 const MAP_LOCKED_SLOTS: u32 = 8;
 /// How long the bucket-lock test hammers the two buckets.
 const CROSS_DURATION: Duration = Duration::from_millis(1500);
+/// NMI rounds of the hash_buckets test after the contention has stopped.
+const QUIET_ROUNDS: u64 = 100;
 
 /// `struct nmi_ctl`, the object's `.bss`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -806,6 +808,20 @@ pub fn global_ma_nmi_hash_buckets(ctx: &Ctx<'_>) -> Result<Outcome> {
         sent?;
         Ok(rounds)
     })?;
+    // With nothing left to contend with, every NMI update must succeed: a
+    // trylock that failed above must have unwound map_locked, or that slot
+    // stays "locked" on its CPU and refuses every later update with EBUSY.
+    l.set(|c| c.normal_op = OP_NONE)?;
+    let quiet0 = [l.counts(a, true)?, l.counts(b, true)?];
+    nmi::send(&[a, b], QUIET_ROUNDS)?;
+    for (&cpu, q0) in [a, b].iter().zip(&quiet0) {
+        let q = l.counts(cpu, true)?;
+        checks.eq(
+            format!("cpu{cpu}: NMI updates after the contention, with none left"),
+            (QUIET_ROUNDS, 0, 0),
+            (q.updates - q0.updates, q.busy - q0.busy, q.nulls - q0.nulls),
+        );
+    }
     l.set(|c| {
         c.op = OP_NONE;
         c.normal_op = OP_NONE;
@@ -817,7 +833,7 @@ pub fn global_ma_nmi_hash_buckets(ctx: &Ctx<'_>) -> Result<Outcome> {
         expect_clean_nmi_runs(&mut checks, cpu, &p, p.nmis);
         checks.eq(
             format!("cpu{cpu}: NMIs handled"),
-            rounds,
+            rounds + QUIET_ROUNDS,
             p.nmis - nmi0.nmis,
         );
         checks.eq(
@@ -834,6 +850,14 @@ pub fn global_ma_nmi_hash_buckets(ctx: &Ctx<'_>) -> Result<Outcome> {
             format!("cpu{cpu}: normal updates, ok + EBUSY + ENOMEM"),
             (q.normal_runs - normal0.normal_runs) * CROSS_LOOPS,
             (q.updates + q.busy + q.nulls) - (normal0.updates + normal0.busy + normal0.nulls),
+        );
+        // Only NMIs try the lock: normal context spins, and no NMI holds a
+        // bucket of the same map_locked slot on the same CPU, so it never
+        // sees EBUSY.
+        checks.eq(
+            format!("cpu{cpu}: normal updates refused with EBUSY"),
+            0,
+            q.busy - normal0.busy,
         );
         busy += p.busy - nmi0.busy;
         normal_updates += q.updates - normal0.updates;

@@ -29,7 +29,7 @@
 //! list is at or under its high watermark and the counters account for it.
 
 use std::mem;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -850,8 +850,40 @@ fn expect_err(
     tail: &[u8],
     want: i32,
 ) -> Result<()> {
+    expect_err_with(
+        ctx,
+        checks,
+        what,
+        (attr, tail),
+        want,
+        Undone::Refused,
+        || prefill::prefill_raw(attr, tail),
+    )
+}
+
+/// How far a failing prefill got before it failed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Undone {
+    /// Refused before any object was reserved: not even counted.
+    Refused,
+    /// Failed after reserving (no fd): the reservation was undone, so the
+    /// caches and `reserved` are as before, but the prefill was counted.
+    Reservation,
+}
+
+/// `expect_err` for a prefill made by `call` (which may change the process
+/// around the syscall and must undo that before it returns).
+fn expect_err_with(
+    ctx: &Ctx<'_>,
+    checks: &mut Checks,
+    what: &str,
+    (attr, tail): (PrefillAttr, &[u8]),
+    want: i32,
+    undone: Undone,
+    call: impl FnOnce() -> Result<OwnedFd, std::io::Error>,
+) -> Result<()> {
     let before = snap(checks)?;
-    let r = prefill::prefill_raw(attr, tail);
+    let r = call();
     let after = snap(checks)?;
     let got = match &r {
         Ok(_) => 0,
@@ -875,11 +907,13 @@ fn expect_err(
     for bad in after.caches.marks_changed(&before.caches) {
         checks.fail(format!("{what}: changed the caches: {bad}"));
     }
-    checks.eq(
-        format!("{what}: prefill counter"),
-        before.res.total.prefill,
-        after.res.total.prefill,
-    );
+    if undone == Undone::Refused {
+        checks.eq(
+            format!("{what}: prefill counter"),
+            before.res.total.prefill,
+            after.res.total.prefill,
+        );
+    }
     checks.eq(
         format!("{what}: reserved"),
         before.res.total.reserved,
@@ -887,6 +921,54 @@ fn expect_err(
     );
     Ok(())
 }
+
+/// The fd number the next open would get.
+fn lowest_free_fd() -> Result<u64> {
+    // SAFETY: dup of stdin and close of the fd it returned, nothing else.
+    let fd = unsafe { libc::dup(0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("dup(0)");
+    }
+    // SAFETY: closes the fd dup just made.
+    unsafe { libc::close(fd) };
+    Ok(fd as u64)
+}
+
+/// Runs `f` with RLIMIT_NOFILE's soft limit at `limit`, so that no new fd
+/// can be made, and puts the limit back before returning.
+fn with_nofile_limit<T>(
+    limit: u64,
+    f: impl FnOnce() -> Result<T, std::io::Error>,
+) -> Result<T, std::io::Error> {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with valid pointers to rlimit structs.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let low = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let r = f();
+    // SAFETY: as above; restoring what getrlimit returned.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) } != 0 {
+        panic!(
+            "could not restore RLIMIT_NOFILE: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    r
+}
+
+/// Objects of 4088 bytes (a 4096-byte unit) per racing prefill: 10 MiB.
+const RACE_COUNT: u32 = 2560;
 
 fn attr(size: u32, count: u32, flags: u32) -> PrefillAttr {
     PrefillAttr { size, count, flags }
@@ -944,6 +1026,13 @@ pub fn global_ma_prefill_bad_input(ctx: &Ctx<'_>) -> Result<Outcome> {
 
     // unit of OBJ_SIZE, from a tiny reservation
     let fd = prefill::prefill(OBJ_SIZE, 1, 0).context("prefill(32, 1)")?;
+    // SAFETY: F_GETFD on an fd we own reads its flags and nothing else.
+    let fd_flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+    c.eq(
+        "prefill(32, 1): the fd is close-on-exec (F_GETFD & FD_CLOEXEC)",
+        libc::FD_CLOEXEC,
+        fd_flags & libc::FD_CLOEXEC,
+    );
     let unit = checked_unit(c, &fd, OBJ_SIZE, 1)?;
     release(ctx, c, "prefill(32, 1)", vec![fd], &s0.caches)?;
     let max_n = (RESERVE_MAX / u64::from(unit)) as u32;
@@ -1033,6 +1122,49 @@ pub fn global_ma_prefill_bad_input(ctx: &Ctx<'_>) -> Result<Outcome> {
         libc::E2BIG,
     )?;
     release(ctx, c, "close(prefill(4088, 3000))", vec![big], &s0.caches)?;
+
+    // Two requests that each fit under the cap but not together, at once:
+    // both pass the early check while the other still allocates (about
+    // 300 ms here), so only the re-check under the mutex, against what was
+    // committed meanwhile, can refuse the second.
+    let barrier = std::sync::Barrier::new(2);
+    let raced: Vec<Result<OwnedFd, std::io::Error>> = thread::scope(|s| {
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    prefill::prefill(MAX_SIZE, RACE_COUNT, 0)
+                })
+            })
+            .collect();
+        racers
+            .into_iter()
+            .map(|h| h.join().expect("prefill thread panicked"))
+            .collect()
+    });
+    let mut outcomes: Vec<String> = raced
+        .iter()
+        .map(|r| {
+            errno_name(
+                r.as_ref()
+                    .err()
+                    .map_or(0, |e| e.raw_os_error().unwrap_or(-1)),
+            )
+        })
+        .collect();
+    outcomes.sort();
+    ctx.diag(format!(
+        "two prefill(4088, {RACE_COUNT}) at once (2 x 10 MiB > 16 MiB): {outcomes:?}"
+    ));
+    let mut want = vec![errno_name(libc::E2BIG), errno_name(0)];
+    want.sort();
+    c.eq(
+        "two prefills at once, each under the cap but not both: outcomes",
+        want,
+        outcomes,
+    );
+    let fds: Vec<OwnedFd> = raced.into_iter().filter_map(Result::ok).collect();
+    release(ctx, c, "close(the racing prefills)", fds, &s0.caches)?;
     let (exact, took) = prefill_timed(MAX_SIZE, 4096)?;
     ctx.diag(format!(
         "prefill(4088, 4096), exactly 16 MiB per CPU: {:.1} ms",
@@ -1052,6 +1184,19 @@ pub fn global_ma_prefill_bad_input(ctx: &Ctx<'_>) -> Result<Outcome> {
         "close(prefill(4088, 4096))",
         vec![exact],
         &s0.caches,
+    )?;
+
+    // The objects are reserved before the fd is made: with no fd free, the
+    // reservation must be undone.
+    let lowest_free = lowest_free_fd()?;
+    expect_err_with(
+        ctx,
+        c,
+        "no free fd (RLIMIT_NOFILE)",
+        (attr(OBJ_SIZE, 10, 0), &[]),
+        libc::EMFILE,
+        Undone::Reservation,
+        || with_nofile_limit(lowest_free, || prefill::prefill(OBJ_SIZE, 10, 0)),
     )?;
 
     // No capabilities.
