@@ -244,10 +244,15 @@ pub fn run(f: MutantsFlags) -> Result<i32> {
             })
         })
         .collect();
+    let width = selected
+        .iter()
+        .map(|d| d.mutant.name.len())
+        .max()
+        .unwrap_or(0);
     if f.list {
         for d in &selected {
             println!(
-                "{:<34} {:<5} {}",
+                "{:<width$} {:<5} {}",
                 d.mutant.name,
                 &d.patch_file[..4.min(d.patch_file.len())],
                 d.mutant.claim
@@ -293,6 +298,10 @@ pub fn run(f: MutantsFlags) -> Result<i32> {
         );
     }
     let out_dir = crate::results::new_stamped_dir(&p.ctx.work.join("mutants"), &series.name)?;
+    // After each mutant, so that an interrupted run keeps what it found.
+    let save = |interrupted: Option<&str>, records: &[Record]| {
+        write_results(&out_dir, &series.name, &base, started, interrupted, records)
+    };
     let mut records: Vec<Record> = Vec::new();
     let mut interrupted = None;
     for (i, d) in selected.iter().enumerate() {
@@ -330,7 +339,7 @@ pub fn run(f: MutantsFlags) -> Result<i32> {
         };
         let secs = t0.elapsed().as_secs_f64();
         println!(
-            "{:<12} {:>7}  {:<34} {}  {}",
+            "{:<12} {:>7}  {:<width$} {}  {}",
             outcome.word(),
             fmt_secs(Duration::from_secs_f64(secs)),
             m.name,
@@ -345,23 +354,9 @@ pub fn run(f: MutantsFlags) -> Result<i32> {
             seconds: secs,
             run_dir,
         });
-        write_results(
-            &out_dir,
-            &series.name,
-            &base,
-            started,
-            interrupted,
-            &records,
-        )?;
+        save(interrupted, &records)?;
     }
-    write_results(
-        &out_dir,
-        &series.name,
-        &base,
-        started,
-        interrupted,
-        &records,
-    )?;
+    save(interrupted, &records)?;
     let killed = records
         .iter()
         .filter(|r| matches!(r.outcome, Outcome::Killed { .. }))
