@@ -152,21 +152,44 @@ pub fn quiet_stats(checks: &mut Checks) -> Result<Stats> {
     const STILL: Duration = Duration::from_millis(50);
     let start = Instant::now();
     let mut last = read_stats(checks)?;
-    loop {
+    let quiet = loop {
         thread::sleep(STILL);
         let s = read_stats(checks)?;
         let same = s.total.alloc == last.total.alloc && s.total.free == last.total.free;
         if same {
-            return Ok(s);
+            break s;
         }
         if start.elapsed() > SETTLE_TIMEOUT {
             checks.fail(format!(
                 "the global allocator did not go quiet within {SETTLE_TIMEOUT:?} before the test"
             ));
-            return Ok(s);
+            break s;
         }
         last = s;
-    }
+    };
+    *outstanding_at_start() = debug::read_outstanding()?;
+    Ok(quiet)
+}
+
+/// `outstanding` when the running test started (its quiet_stats()):
+/// finish() blames a test only for the owners that appeared during it, so
+/// an earlier test's leak fails that test alone.
+fn outstanding_at_start() -> std::sync::MutexGuard<'static, Option<Vec<debug::Outstanding>>> {
+    static AT_START: std::sync::Mutex<Option<Vec<debug::Outstanding>>> =
+        std::sync::Mutex::new(None);
+    AT_START.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Owners listed in `outstanding` now that were not when the running test
+/// started (None: no debug mode).
+pub fn new_outstanding() -> Result<Option<Vec<debug::Outstanding>>> {
+    let Some(now) = debug::read_outstanding()? else {
+        return Ok(None);
+    };
+    let before = outstanding_at_start().clone().unwrap_or_default();
+    Ok(Some(
+        now.into_iter().filter(|o| !before.contains(o)).collect(),
+    ))
 }
 
 /// Checks `after - before`: on every CPU in `per_cpu` (cpu, alloc, free)
@@ -269,9 +292,9 @@ pub fn finish<T>(checks: &mut Checks, what_to_drop: T, start: &Stats) -> Result<
     if let (Some(b0), Some(b1)) = (start.bad_free, end.bad_free) {
         checks.eq("frees refused by the debug mode", 0, b1.wrapping_sub(b0));
     }
-    if let Some(owners) = debug::read_outstanding()? {
+    if let Some(owners) = new_outstanding()? {
         checks.eq(
-            "owners gone with objects still allocated",
+            "owners gone during the test with objects still allocated",
             Vec::<debug::Outstanding>::new(),
             owners,
         );
