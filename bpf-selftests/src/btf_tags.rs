@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use libbpf_rs::btf::types::TypeTag;
+use libbpf_rs::btf::types::{Func, TypeTag};
 use libbpf_rs::btf::Btf;
 
 /// Whether the BTF of the object file at `path` has a type tag `tag`.
@@ -29,4 +29,12 @@ pub fn require_kptr_ref(path: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether the running kernel's BTF has a function `name` (a kfunc the
+/// tree under test may not have yet).
+pub fn kernel_has_func(name: &str) -> Result<bool> {
+    const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+    let btf = Btf::from_path(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
+    Ok(btf.type_by_name::<Func<'_>>(name).is_some())
 }
