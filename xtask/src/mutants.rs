@@ -13,6 +13,9 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::flags::{BootFlags, MutantsFlags};
+use crate::image::Image;
+use crate::kbuild::Kernel;
+use crate::kconfig::Config;
 use crate::patches::Series;
 use crate::pipeline::Pipeline;
 use crate::progress::fmt_secs;
@@ -41,6 +44,16 @@ pub struct Mutant {
 struct Declared {
     mutant: Mutant,
     patch_file: String,
+}
+
+impl Declared {
+    /// The patch's number, as the table shows it (`0009`).
+    fn number(&self) -> &str {
+        self.patch_file
+            .split('-')
+            .next()
+            .unwrap_or(&self.patch_file)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -254,7 +267,7 @@ pub fn run(f: MutantsFlags) -> Result<i32> {
             println!(
                 "{:<width$} {:<5} {}",
                 d.mutant.name,
-                &d.patch_file[..4.min(d.patch_file.len())],
+                d.number(),
                 d.mutant.claim
             );
         }
@@ -288,8 +301,7 @@ pub fn run(f: MutantsFlags) -> Result<i32> {
 
     // The series itself must pass, or every mutant is "killed" for nothing.
     eprintln!("[mutants] baseline: the series unmutated");
-    let base = judge(&p, &boot)?;
-    crate::signals::check()?;
+    let base = judge(&p, &boot, p.imaged()?, Instant::now())?;
     if !base.passed {
         bail!(
             "the unmutated series fails ({}); run dir {}: fix that before testing mutants",
@@ -311,7 +323,7 @@ pub fn run(f: MutantsFlags) -> Result<i32> {
             i + 1,
             selected.len(),
             m.name,
-            &d.patch_file[..4],
+            d.number(),
             m.claim
         );
         let t0 = Instant::now();
@@ -343,7 +355,7 @@ pub fn run(f: MutantsFlags) -> Result<i32> {
             outcome.word(),
             fmt_secs(Duration::from_secs_f64(secs)),
             m.name,
-            &d.patch_file[..4],
+            d.number(),
             outcome.detail()
         );
         records.push(Record {
@@ -357,10 +369,7 @@ pub fn run(f: MutantsFlags) -> Result<i32> {
         save(interrupted, &records)?;
     }
     save(interrupted, &records)?;
-    let killed = records
-        .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Killed { .. }))
-        .count();
+    let killed = killed(&records);
     println!(
         "mutants: {killed} of {} killed ({} selected) in {}; results {}",
         records.len(),
@@ -386,10 +395,7 @@ fn write_results(
         series,
         baseline_run_dir: &base.run_dir,
         total_seconds: started.elapsed().as_secs_f64(),
-        killed: records
-            .iter()
-            .filter(|r| matches!(r.outcome, Outcome::Killed { .. }))
-            .count(),
+        killed: killed(records),
         of: records.len(),
         interrupted_during,
         mutants: records,
@@ -422,8 +428,9 @@ fn run_one(
         mutant: m.name.clone(),
     };
     std::fs::write(&path, mutated).with_context(|| format!("writing {}", path.display()))?;
-    match p.imaged() {
-        Ok(_) => {}
+    let started = Instant::now();
+    let imaged = match p.imaged() {
+        Ok(imaged) => imaged,
         Err(e) if crate::signals::interrupted().is_none() => {
             let why = format!("{e:#}");
             let first = why
@@ -438,10 +445,8 @@ fn run_one(
             ));
         }
         Err(e) => return Err(e),
-    }
-    let s = judge(p, boot)?;
-    // An interrupted boot ends in a failed verdict: that is not a kill.
-    crate::signals::check()?;
+    };
+    let s = judge(p, boot, imaged, started)?;
     let outcome = if s.passed {
         Outcome::Survived
     } else {
@@ -450,10 +455,24 @@ fn run_one(
     Ok((outcome, Some(s.run_dir)))
 }
 
-fn judge(p: &Pipeline, boot: &BootFlags) -> Result<Summary> {
-    let started = Instant::now();
-    let (config, kernel, image) = p.imaged()?;
-    boot_and_judge(p, boot, &config, &kernel, &image, None, started)
+/// Boots what `p.imaged()` built. An interrupted boot ends in a failed
+/// verdict, which is neither a kill nor a baseline failure: an error.
+fn judge(
+    p: &Pipeline,
+    boot: &BootFlags,
+    (config, kernel, image): (Config, Kernel, Image),
+    started: Instant,
+) -> Result<Summary> {
+    let s = boot_and_judge(p, boot, &config, &kernel, &image, None, started)?;
+    crate::signals::check()?;
+    Ok(s)
+}
+
+fn killed(records: &[Record]) -> usize {
+    records
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Killed { .. }))
+        .count()
 }
 
 /// What the failure was: the tests, then a splat or the guest's ending.
