@@ -32,11 +32,14 @@ pub struct Config {
     pub bench: Option<String>,
     /// `rig.bench.<param>=VALUE` words, in command line order.
     pub bench_params: Vec<(String, String)>,
+    /// `rig.suite=kernel`: run the kernel's own BPF selftests that the host
+    /// installed (see kernel_suites/mod.rs) instead of ours.
+    pub kernel_suites: bool,
 }
 
 pub const USAGE: &str =
     "usage: bpf-selftests [--ktap PATH] [--bpf-dir DIR] [--filter SUBSTR] [--fail-fast] [--list] [--libbpf-debug]
-Reads rig.cpus=N, rig.filter=SUBSTR, rig.failfast and rig.bench=NAME (with rig.bench.<param>=VALUE)
+Reads rig.cpus=N, rig.filter=SUBSTR, rig.failfast, rig.suite=kernel|selftests and rig.bench=NAME (with rig.bench.<param>=VALUE)
 from /proc/cmdline; --filter overrides rig.filter.";
 
 impl Config {
@@ -61,6 +64,14 @@ impl Config {
                 cfg.cpus = Some(n);
             } else if let Some(v) = word.strip_prefix("rig.filter=") {
                 cfg.filter = (!v.is_empty()).then(|| v.to_string());
+            } else if let Some(v) = word.strip_prefix("rig.suite=") {
+                cfg.kernel_suites = match v {
+                    "kernel" => true,
+                    "selftests" => false,
+                    _ => bail!(
+                        "bad rig.suite={v:?} on the kernel command line (want kernel or selftests)"
+                    ),
+                };
             } else if word == "rig.failfast" {
                 cfg.fail_fast = true;
             } else if let Some(v) = word.strip_prefix("rig.fault=") {
@@ -121,6 +132,13 @@ mod tests {
         assert!(c.selects("hash_no_prealloc_all_cpus"));
         assert!(!c.fail_fast);
         assert!(Config::from_cmdline("rig.failfast").unwrap().fail_fast);
+        assert!(
+            Config::from_cmdline("rig.suite=kernel")
+                .unwrap()
+                .kernel_suites
+        );
+        assert!(!c.kernel_suites);
+        assert!(Config::from_cmdline("rig.suite=bogus").is_err());
         assert!(!c.selects("cpus_online"));
         assert_eq!(c.bpf_dir, PathBuf::from(DEFAULT_BPF_DIR));
     }

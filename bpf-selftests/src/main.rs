@@ -12,6 +12,7 @@ mod check;
 mod cmdline;
 mod cpu;
 mod fdinfo;
+mod kernel_suites;
 mod ktap;
 mod nmi;
 mod prefill;
@@ -43,6 +44,9 @@ fn real_main() -> Result<bool> {
         return Ok(true);
     }
     let ktap = ktap::Ktap::open(cfg.ktap.as_deref())?.install();
+    if cfg.kernel_suites {
+        return kernel_suites::run(ktap, &cfg);
+    }
     bpf::forward_libbpf_log(cfg.libbpf_debug);
     let table = match (&cfg.fault, &cfg.bench) {
         (Some(name), _) => tests::fault(name)?,

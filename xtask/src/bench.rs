@@ -367,7 +367,7 @@ fn bench_yaml(
                 ("runs".into(), Y::Int(f.runs as i64)),
                 ("cold".into(), Y::Bool(f.cold)),
                 ("cpus".into(), Y::Int(f.boot.cpus as i64)),
-                ("memory".into(), Y::str(&f.boot.memory)),
+                ("memory".into(), Y::str(f.boot.memory())),
                 ("jobs".into(), Y::Int(jobs(&f.boot) as i64)),
             ]),
         ),

@@ -196,7 +196,7 @@ fn step_args(b: &BootFlags) -> Vec<String> {
         "--cpus".into(),
         b.cpus.to_string(),
         "--memory".into(),
-        b.memory.clone(),
+        b.memory(),
         "--accel".into(),
         format!("{:?}", b.accel).to_lowercase(),
         "--boot-timeout".into(),

@@ -146,6 +146,17 @@ pub struct Common {
     /// Parallel kbuild jobs (default: number of cores + 1).
     #[arg(short = 'j', long)]
     pub jobs: Option<usize>,
+    /// Which tests the guest runs: the series' selftests (bpf-selftests/), or
+    /// the kernel's own test_verifier, test_maps and test_progs, built from
+    /// the tree under test with kconfigs/kernel-suites.config added.
+    #[arg(long, value_enum, default_value_t = Suite::Selftests)]
+    pub suite: Suite,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suite {
+    Selftests,
+    Kernel,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -155,9 +166,10 @@ pub struct BootFlags {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 4)]
     pub cpus: u32,
-    /// Guest memory (QEMU -m syntax).
-    #[arg(long, default_value = "1G")]
-    pub memory: String,
+    /// Guest memory (QEMU -m syntax) [default: 1G; 4G with --suite kernel,
+    /// whose test_maps fills hash maps of 32768 4 KiB keys].
+    #[arg(long)]
+    pub memory: Option<String>,
     /// Accelerator: auto probes KVM once per machine and falls back to TCG.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     pub accel: Accel,
@@ -178,6 +190,19 @@ pub struct BootFlags {
     pub append: Vec<String>,
 }
 
+impl BootFlags {
+    /// `--memory`, or the default for the suite.
+    pub fn memory(&self) -> String {
+        self.memory.clone().unwrap_or_else(|| {
+            match self.common.suite {
+                Suite::Selftests => "1G",
+                Suite::Kernel => "4G",
+            }
+            .to_string()
+        })
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct TestFlags {
     #[command(flatten)]
@@ -185,6 +210,14 @@ pub struct TestFlags {
     /// Accept the new results as the committed snapshot.
     #[arg(long)]
     pub accept: bool,
+    /// With --suite kernel: run the suites on the unpatched baseline too, with
+    /// the same config, and compare (regressions fail the run).
+    #[arg(long)]
+    pub baseline: bool,
+    /// With --suite kernel: what the guest runs (default
+    /// images/kernel-suites.plan; images/kernel-suites-full.plan runs all).
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

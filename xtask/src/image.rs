@@ -92,7 +92,7 @@ pub fn build(ctx: &Ctx, tree: &Tree, kernel: &Kernel, progs: Progs) -> Result<Im
     Ok(Image { initramfs })
 }
 
-fn add_file(archive: &mut Archive, guest: &str, src: &Path) -> Result<()> {
+pub fn add_file(archive: &mut Archive, guest: &str, src: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let data = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
     let mut mode = std::fs::metadata(src)?.permissions().mode() & 0o777;
@@ -105,7 +105,7 @@ fn add_file(archive: &mut Archive, guest: &str, src: &Path) -> Result<()> {
 }
 
 /// The guest has no shared libraries: refuse a dynamically linked binary.
-fn require_static(path: &Path, fix: &str) -> Result<()> {
+pub fn require_static(path: &Path, fix: &str) -> Result<()> {
     let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if data.get(..4) != Some(b"\x7fELF") {
         bail!("{} is not an ELF binary", path.display());
@@ -120,7 +120,7 @@ fn require_static(path: &Path, fix: &str) -> Result<()> {
 }
 
 /// True when a 64-bit little-endian ELF has a PT_INTERP program header.
-fn elf_has_interp(data: &[u8]) -> bool {
+pub fn elf_has_interp(data: &[u8]) -> bool {
     let rd = |off: usize, n: usize| -> u64 {
         data.get(off..off + n).map_or(0, |b| {
             b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | x as u64)
@@ -248,7 +248,7 @@ fn bpf_objects(ctx: &Ctx, tree: &Tree, kernel: &Kernel, mode: Progs) -> Result<V
 }
 
 /// The guest runner, linked statically (the guest has no libc).
-fn guest_runner(ctx: &Ctx) -> Result<PathBuf> {
+pub fn guest_runner(ctx: &Ctx) -> Result<PathBuf> {
     let target_dir = ctx.repo.join("target/guest");
     let triple = "x86_64-unknown-linux-gnu";
     let res = duct::cmd!(

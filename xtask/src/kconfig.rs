@@ -28,7 +28,9 @@ pub type Options = BTreeMap<String, Option<String>>;
 /// (named after the series; it does not get a build dir of its own).
 pub fn fragments(ctx: &Ctx) -> Result<Vec<(String, PathBuf)>> {
     let mut frags = named_fragments(ctx)?;
-    if ctx.common.tree.is_none() {
+    // The kernel's suites run on the baseline and on the series with the
+    // same config: the series' test options stay out.
+    if ctx.common.tree.is_none() && ctx.common.suite == crate::flags::Suite::Selftests {
         let series = crate::patches::Series::dir(&ctx.repo, &ctx.common.series)?;
         let own = series.join("series.config");
         if own.is_file() {
@@ -39,10 +41,14 @@ pub fn fragments(ctx: &Ctx) -> Result<Vec<(String, PathBuf)>> {
 }
 
 const SERIES_FRAGMENT: &str = "series";
+/// Added by `--suite kernel`.
+pub const KERNEL_SUITES: &str = "kernel-suites";
 
 fn named_fragments(ctx: &Ctx) -> Result<Vec<(String, PathBuf)>> {
     let mut names = vec!["base".to_string()];
-    for n in &ctx.common.configs {
+    let suite =
+        (ctx.common.suite == crate::flags::Suite::Kernel).then(|| KERNEL_SUITES.to_string());
+    for n in ctx.common.configs.iter().chain(&suite) {
         if !names.contains(n) {
             names.push(n.clone());
         }

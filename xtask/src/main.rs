@@ -23,6 +23,7 @@ mod results;
 mod series_check;
 mod setup;
 mod signals;
+mod suites;
 mod test;
 mod tree;
 mod vm;

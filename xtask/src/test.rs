@@ -48,6 +48,18 @@ pub fn stage_boot(f: BootFlags) -> Result<i32> {
 }
 
 pub fn run(f: TestFlags) -> Result<i32> {
+    if f.boot.common.suite == crate::flags::Suite::Kernel {
+        if f.accept {
+            anyhow::bail!("--accept updates the selftests' snapshot; the kernel suites are judged by patches/<series>/kernel-suites.denylist instead");
+        }
+        return crate::suites::run(f);
+    }
+    if f.plan.is_some() {
+        anyhow::bail!("--plan needs --suite kernel");
+    }
+    if f.baseline {
+        anyhow::bail!("--baseline needs --suite kernel (the series' own selftests have nothing to run on the baseline)");
+    }
     let accept = f.accept;
     run_all(f.boot, Some(accept))
 }
@@ -89,30 +101,57 @@ impl Summary {
     }
 }
 
-/// Everything after the image: boot, judge, report. `snapshot` is
-/// `Some(accept)` for `test`, `None` for `boot` (no snapshot comparison).
-pub fn boot_and_judge(
+/// One guest run, parsed: what every verdict is built from.
+pub struct Booted {
+    pub out: crate::vm::Outcome,
+    pub limits: Limits,
+    pub report: ktap::Report,
+    pub clean_exit: bool,
+    pub splats: Vec<console::Splat>,
+    pub panic: Option<String>,
+    /// Problems with the run itself (no KTAP, QEMU errors, parser problems).
+    pub problems: Vec<String>,
+    pub info: results::RunInfo,
+    pub run_dir: std::path::PathBuf,
+    pub accel: crate::vm::Accel,
+}
+
+/// What to boot besides the kernel.
+pub struct BootRequest<'a> {
+    pub initrd: &'a std::path::Path,
+    /// Words for the guest's command line before the flags' own.
+    pub cmdline: &'a [String],
+    /// Names the run dir and the run in results.yaml.
+    pub label: &'a str,
+}
+
+/// Boots `kernel` with the request's initrd, waits for the guest under the
+/// flags' limits and parses what it wrote.
+pub fn boot(
     p: &Pipeline,
     f: &BootFlags,
     config: &kconfig::Config,
     kernel: &Kernel,
-    image: &Image,
-    snapshot: Option<bool>,
+    req: &BootRequest<'_>,
     started: Instant,
-) -> Result<Summary> {
-    let series = p.series_name();
-    let accel = accel::choose(&p.ctx, f.accel, &kernel.boot_image(), &image.initramfs)?;
-    let run_dir = results::new_run_dir(&p.ctx.work, &series)?;
-    let mut cmdline = Vec::new();
+) -> Result<Booted> {
+    let BootRequest {
+        initrd,
+        cmdline: extra_cmdline,
+        label,
+    } = *req;
+    let accel = accel::choose(&p.ctx, f.accel, &kernel.boot_image(), initrd)?;
+    let run_dir = results::new_run_dir(&p.ctx.work, label)?;
+    let mut cmdline = extra_cmdline.to_vec();
     if let Some(filter) = &f.filter {
         cmdline.push(format!("rig.filter={filter}"));
     }
     cmdline.extend(f.append.iter().cloned());
     let spec = VmSpec {
         kernel: kernel.boot_image(),
-        initrd: image.initramfs.clone(),
+        initrd: initrd.to_path_buf(),
         cpus: f.cpus,
-        memory: f.memory.clone(),
+        memory: f.memory(),
         accel: accel.clone(),
         console_log: run_dir.join("console.log"),
         ktap_log: run_dir.join("ktap.log"),
@@ -135,7 +174,7 @@ pub fn boot_and_judge(
         "[boot] {} on {} vCPUs, {} ({}); run dir {}",
         kernel.release,
         f.cpus,
-        f.memory,
+        f.memory(),
         accel.name(),
         run_dir.display()
     );
@@ -170,16 +209,65 @@ pub fn boot_and_judge(
     }
     let info = results::RunInfo {
         kernel: kernel.release.clone(),
-        series: series.clone(),
+        series: label.to_string(),
         configs: config.names.clone(),
         config_hash: config.hash[..16].to_string(),
         cpus: f.cpus,
-        memory: f.memory.clone(),
+        memory: f.memory(),
         accel: accel.name(),
         ending: out.ending.describe(&limits),
         wall_s: started.elapsed().as_secs_f64(),
         boot_to_first_ktap_s: out.first_ktap.map(|d| d.as_secs_f64()),
     };
+    Ok(Booted {
+        out,
+        limits,
+        report,
+        clean_exit,
+        splats,
+        panic,
+        problems,
+        info,
+        run_dir,
+        accel,
+    })
+}
+
+/// Everything after the image: boot, judge, report. `snapshot` is
+/// `Some(accept)` for `test`, `None` for `boot` (no snapshot comparison).
+pub fn boot_and_judge(
+    p: &Pipeline,
+    f: &BootFlags,
+    config: &kconfig::Config,
+    kernel: &Kernel,
+    image: &Image,
+    snapshot: Option<bool>,
+    started: Instant,
+) -> Result<Summary> {
+    let series = p.series_name();
+    let Booted {
+        out,
+        limits,
+        report,
+        clean_exit,
+        splats,
+        panic,
+        mut problems,
+        info,
+        run_dir,
+        accel,
+    } = boot(
+        p,
+        f,
+        config,
+        kernel,
+        &BootRequest {
+            initrd: &image.initramfs,
+            cmdline: &[],
+            label: &series,
+        },
+        started,
+    )?;
     // Skipped is not passed: a run with a skip does not exit 0.
     let tests_ok = clean_exit
         && report.all_passed()

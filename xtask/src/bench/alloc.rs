@@ -76,7 +76,7 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
                     .into_iter()
                     .chain([
                         ("vcpus".into(), Y::Int(f.boot.cpus.into())),
-                        ("memory".into(), Y::str(&f.boot.memory)),
+                        ("memory".into(), Y::str(f.boot.memory())),
                     ])
                     .collect(),
             ),
@@ -116,7 +116,7 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
         machine.qemu,
         machine.accel,
         f.boot.cpus,
-        f.boot.memory
+        f.boot.memory()
     );
     println!(
         "one guest boot ({}), thread pinned to CPU {}; one op = one alloc + its free; \

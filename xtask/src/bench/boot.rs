@@ -52,7 +52,7 @@ pub(super) fn run(
         "--cpus".into(),
         f.boot.cpus.to_string(),
         "--memory".into(),
-        f.boot.memory.clone(),
+        f.boot.memory(),
     ];
     if accel == Accel::Tcg {
         vng_args.push("--disable-kvm".into());
@@ -65,7 +65,7 @@ pub(super) fn run(
          vmlinux via PVH + our initramfs ({} vCPUs, {}, {}), kernel command line + `{NO_TEST}` \
          so no selftest runs after the header",
         f.boot.cpus,
-        f.boot.memory,
+        f.boot.memory(),
         accel.name()
     );
     m.reference_what = format!(

@@ -145,7 +145,7 @@ pub(super) fn test_args(f: &BootFlags, work: &Path) -> Vec<String> {
         push("-j", j.to_string());
     }
     push("--cpus", f.cpus.to_string());
-    push("--memory", f.memory.clone());
+    push("--memory", f.memory());
     let accel = match f.accel {
         flags::Accel::Auto => "auto",
         flags::Accel::Kvm => "kvm",
@@ -257,7 +257,7 @@ pub(super) fn spec(
         kernel: kernel.vmlinux.clone(),
         initrd: image.initramfs.clone(),
         cpus: f.cpus,
-        memory: f.memory.clone(),
+        memory: f.memory(),
         accel: accel.clone(),
         console_log: dir.join(format!("{name}.console.log")),
         ktap_log: dir.join(format!("{name}.ktap.log")),
