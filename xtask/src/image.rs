@@ -34,11 +34,7 @@ pub fn build(ctx: &Ctx, tree: &Tree, kernel: &Kernel, progs: Progs) -> Result<Im
     let list_path = ctx.repo.join("images/files");
     let list = std::fs::read_to_string(&list_path)
         .with_context(|| format!("reading {}", list_path.display()))?;
-    let mut archive = Archive::new();
-    archive.add("dev/console", Entry::CharDev { major: 5, minor: 1 });
-    for dir in ["proc", "sys", "dev", "tmp", "run"] {
-        archive.add(dir, Entry::Dir);
-    }
+    let mut archive = base_archive(&[]);
     for (n, line) in list.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -74,22 +70,38 @@ pub fn build(ctx: &Ctx, tree: &Tree, kernel: &Kernel, progs: Progs) -> Result<Im
             }
         }
     }
-    let mut bytes = Vec::new();
-    archive.write(&mut bytes)?;
     let dir = kernel.build_dir.join("rig-image");
     std::fs::create_dir_all(&dir)?;
     let initramfs = dir.join("initramfs.cpio");
-    if std::fs::read(&initramfs).ok().as_deref() != Some(&bytes[..]) {
-        std::fs::write(&initramfs, &bytes)
-            .with_context(|| format!("writing {}", initramfs.display()))?;
-    }
+    let size = write_if_changed(&archive, &initramfs)?;
     stage.done(&format!(
         "{} ({} KiB, {} BPF object(s))",
         initramfs.display(),
-        bytes.len() / 1024,
+        size / 1024,
         objects.len()
     ));
     Ok(Image { initramfs })
+}
+
+/// The console device and the mount points `images/init` uses, plus `dirs`.
+pub fn base_archive(dirs: &[&str]) -> Archive {
+    let mut archive = Archive::new();
+    archive.add("dev/console", Entry::CharDev { major: 5, minor: 1 });
+    for dir in ["proc", "sys", "dev", "tmp", "run"].iter().chain(dirs) {
+        archive.add(dir, Entry::Dir);
+    }
+    archive
+}
+
+/// Writes the archive to `path` unless the file already holds exactly it
+/// (its mtime then stays, and so does QEMU's view of it); returns its size.
+pub fn write_if_changed(archive: &Archive, path: &Path) -> Result<usize> {
+    let mut bytes = Vec::new();
+    archive.write(&mut bytes)?;
+    if std::fs::read(path).ok().as_deref() != Some(&bytes[..]) {
+        std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(bytes.len())
 }
 
 pub fn add_file(archive: &mut Archive, guest: &str, src: &Path) -> Result<()> {

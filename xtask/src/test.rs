@@ -245,18 +245,7 @@ pub fn boot_and_judge(
     started: Instant,
 ) -> Result<Summary> {
     let series = p.series_name();
-    let Booted {
-        out,
-        limits,
-        report,
-        clean_exit,
-        splats,
-        panic,
-        mut problems,
-        info,
-        run_dir,
-        accel,
-    } = boot(
+    let mut b = boot(
         p,
         f,
         config,
@@ -269,20 +258,20 @@ pub fn boot_and_judge(
         started,
     )?;
     // Skipped is not passed: a run with a skip does not exit 0.
-    let tests_ok = clean_exit
-        && report.all_passed()
-        && report.counts().skipped == 0
-        && !report.tests.is_empty();
+    let tests_ok = b.clean_exit
+        && b.report.all_passed()
+        && b.report.counts().skipped == 0
+        && !b.report.tests.is_empty();
     let snapshot_ok = match snapshot {
         Some(accept) if f.filter.is_none() && f.append.is_empty() => {
             let ok = results::compare_snapshot(
                 &p.ctx.repo,
                 &series,
-                &results::normalized(&report),
+                &results::normalized(&b.report),
                 accept,
             )?;
             if !ok {
-                problems.push(format!(
+                b.problems.push(format!(
                     "results differ from the snapshot bpf-selftests/snapshots/results@{series}.snap \
                      (diff above; `cargo xtask test --accept` or `cargo insta review` to update it)"
                 ));
@@ -295,36 +284,36 @@ pub fn boot_and_judge(
         }
         None => true,
     };
-    let passed = tests_ok && splats.is_empty() && snapshot_ok && problems.is_empty();
+    let passed = tests_ok && b.splats.is_empty() && snapshot_ok && b.problems.is_empty();
     let verdict = verdict_line(
         passed,
-        &out.ending,
-        &limits,
-        &report,
-        &splats,
-        panic.as_deref(),
+        &b.out.ending,
+        &b.limits,
+        &b.report,
+        &b.splats,
+        b.panic.as_deref(),
     );
-    let counts = report.counts();
+    let counts = b.report.counts();
     results::write_yaml(
-        &run_dir,
+        &b.run_dir,
         &results::ResultsFile {
-            run: &info,
+            run: &b.info,
             passed,
             verdict: &verdict,
             counts,
-            problems: &problems,
-            tests: &report.tests,
-            splats: &splats,
+            problems: &b.problems,
+            tests: &b.report.tests,
+            splats: &b.splats,
         },
     )?;
-    results::write_junit(&run_dir, &info, &report, &splats)?;
-    print_table(&report, &splats, &problems);
-    println!("run dir: {}", run_dir.display());
+    results::write_junit(&b.run_dir, &b.info, &b.report, &b.splats)?;
+    print_table(&b.report, &b.splats, &b.problems);
+    println!("run dir: {}", b.run_dir.display());
     println!("{verdict}");
     // The closing line CI readers look for: crashed and not-run tests count as
     // failed, and a run that failed with every test passed (a splat, a snapshot
     // mismatch) counts one failure so the line never reads as a pass.
-    let c = report.counts();
+    let c = b.report.counts();
     let failed = c.failed
         + c.crashed
         + c.not_run
@@ -333,7 +322,8 @@ pub fn boot_and_judge(
         "selftests: {} passed, {failed} failed, {} skipped",
         c.passed, c.skipped
     );
-    let failing = report
+    let failing = b
+        .report
         .tests
         .iter()
         .filter(|t| t.status != Status::Passed)
@@ -354,19 +344,19 @@ pub fn boot_and_judge(
             )
         })
         .collect();
-    let passed_but_skips = clean_exit
-        && report.all_passed()
-        && splats.is_empty()
-        && problems
+    let passed_but_skips = b.clean_exit
+        && b.report.all_passed()
+        && b.splats.is_empty()
+        && b.problems
             .iter()
             .all(|p| p.starts_with("results differ from the snapshot"));
     Ok(Summary {
         passed,
         passed_but_skips,
         verdict,
-        booted: !out.ktap.trim().is_empty(),
+        booted: !b.out.ktap.trim().is_empty(),
         failing,
-        first_splat: splats.first().map(|s| {
+        first_splat: b.splats.first().map(|s| {
             s.excerpt
                 .iter()
                 .take(12)
@@ -374,15 +364,16 @@ pub fn boot_and_judge(
                 .collect::<Vec<_>>()
                 .join("\n")
         }),
-        first_splat_title: splats.first().map(|s| s.title.clone()),
-        culprits: report
+        first_splat_title: b.splats.first().map(|s| s.title.clone()),
+        culprits: b
+            .report
             .tests
             .iter()
             .filter(|t| !matches!(t.status, Status::Passed | Status::NotRun))
             .map(|t| format!("{} ({})", t.name, results::status_name(t.status)))
             .collect(),
-        run_dir,
-        accel: accel.name(),
+        run_dir: b.run_dir,
+        accel: b.accel.name(),
     })
 }
 

@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 
 use super::build::Suites;
 use crate::context::Ctx;
-use crate::cpio::{Archive, Entry};
-use crate::image::{add_file, elf_has_interp, guest_runner};
+use crate::cpio::Entry;
+use crate::image::{add_file, base_archive, elf_has_interp, guest_runner, write_if_changed};
 use crate::kbuild::Kernel;
 use crate::progress::Stage;
 
@@ -21,12 +21,8 @@ const GUEST_DIR: &str = "lib/kernel-suites";
 pub fn build(ctx: &Ctx, kernel: &Kernel, suites: &Suites, plan: &str) -> Result<PathBuf> {
     let stage = Stage::start("image", "kernel suites, guest runner, shared libraries");
     let runner = guest_runner(ctx)?;
-    let mut archive = Archive::new();
-    archive.add("dev/console", Entry::CharDev { major: 5, minor: 1 });
     // test_progs mounts its cgroup2 hierarchy on /mnt.
-    for dir in ["proc", "sys", "dev", "tmp", "run", "mnt"] {
-        archive.add(dir, Entry::Dir);
-    }
+    let mut archive = base_archive(&["mnt"]);
     add_file(&mut archive, "init", &ctx.repo.join("images/init"))?;
     add_file(&mut archive, "bin/busybox", Path::new("/bin/busybox"))?;
     add_file(&mut archive, "bin/bpf-selftests", &runner)?;
@@ -83,17 +79,12 @@ pub fn build(ctx: &Ctx, kernel: &Kernel, suites: &Suites, plan: &str) -> Result<
     for lib in &libs {
         add_file(&mut archive, &lib.display().to_string(), lib)?;
     }
-    let mut bytes = Vec::new();
-    archive.write(&mut bytes)?;
     let initramfs = kernel.build_dir.join("rig-suites/initramfs.cpio");
-    if std::fs::read(&initramfs).ok().as_deref() != Some(&bytes[..]) {
-        std::fs::write(&initramfs, &bytes)
-            .with_context(|| format!("writing {}", initramfs.display()))?;
-    }
+    let size = write_if_changed(&archive, &initramfs)?;
     stage.done(&format!(
         "{} ({} MiB, {count} suite file(s), {} shared librar(ies))",
         initramfs.display(),
-        bytes.len() >> 20,
+        size >> 20,
         libs.len()
     ));
     Ok(initramfs)
