@@ -37,16 +37,18 @@ fn kernel_suites_name_the_planted_for_each_regression() {
         .unwrap_or_else(|| panic!("no regressions line in:\n{out}"));
     assert!(!count.ends_with(": 0"), "{count}");
     assert!(
-        out.lines().any(|l| l.starts_with("  test_maps.")),
-        "a test_maps leaf is named:\n{out}"
-    );
-    assert!(
-        out.contains(":FAIL:"),
-        "test_maps' own failure line is quoted:\n{out}"
+        out.lines()
+            .any(|l| l.starts_with("  test_progs:for_each.hash_map FAILED")),
+        "the leaf is named:\n{out}"
     );
     assert!(
         out.lines()
-            .any(|l| l.starts_with("problem: regression: test_maps")),
+            .any(|l| l.contains("test_hash_map:FAIL:hashmap_elems")),
+        "test_progs' own failure line is quoted:\n{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("problem: regression: test_progs:for_each.hash_map")),
         "{out}"
     );
     assert_no_orphans();

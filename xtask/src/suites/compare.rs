@@ -150,19 +150,29 @@ fn tally(report: &Report) -> BTreeMap<String, Tally> {
     m
 }
 
-/// The first and the last lines of a test's log: test_verifier says why
-/// first and then prints the verifier log, test_progs ends with the failed
-/// check.
+/// The lines of a test's log that say why: every line that says FAIL (up
+/// to 6; test_progs' failed checks, test_verifier's verdict), the first 2 and
+/// the last 4, in their order, with `...` where lines were left out.
 fn named(t: &TestResult, denylisted: Option<String>) -> Named {
     let d = &t.diagnostics;
-    let excerpt = if d.len() <= 10 {
-        d.clone()
-    } else {
-        let mut v = d[..4].to_vec();
-        v.push(format!("[{} lines]", d.len() - 10));
-        v.extend_from_slice(&d[d.len() - 6..]);
-        v
-    };
+    let mut keep: BTreeSet<usize> = (0..d.len().min(2)).collect();
+    keep.extend(d.len().saturating_sub(4)..d.len());
+    keep.extend(
+        d.iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains("FAIL"))
+            .map(|(i, _)| i)
+            .take(6),
+    );
+    let mut excerpt = Vec::new();
+    let mut next = 0;
+    for i in keep {
+        if i > next {
+            excerpt.push(format!("... ({} lines)", i - next));
+        }
+        excerpt.push(d[i].clone());
+        next = i + 1;
+    }
     Named {
         name: t.name.clone(),
         status: crate::results::status_name(t.status),
@@ -489,6 +499,29 @@ mod tests {
                 failed: 1,
                 skipped: 0
             }
+        );
+    }
+
+    #[test]
+    fn excerpt_keeps_the_failed_checks() {
+        let mut text = String::from("KTAP version 1\n1..1\n");
+        for i in 0..20 {
+            text += &format!("# check {i}:PASS\n");
+        }
+        text += "# elems:FAIL: 2 != 3\n# tail\nnot ok 1 t\n";
+        let r = crate::ktap::parse(&text);
+        let n = named(&r.tests[0], None);
+        assert_eq!(
+            n.excerpt,
+            [
+                "check 0:PASS",
+                "check 1:PASS",
+                "... (16 lines)",
+                "check 18:PASS",
+                "check 19:PASS",
+                "elems:FAIL: 2 != 3",
+                "tail"
+            ]
         );
     }
 

@@ -82,13 +82,14 @@ pub fn run(f: TestFlags) -> Result<i32> {
     print!("{}", compare::render(&cmp));
     for h in baseline.iter().chain([&series]) {
         println!(
-            "{}: {} in {} (run dir {})",
+            "{}: {}, guest {}, build and guest {} (run dir {})",
             h.label,
             if h.passed_run {
                 "guest ran clean"
             } else {
                 "guest run FAILED"
             },
+            fmt_secs(h.booted.out.elapsed),
             fmt_secs(h.wall),
             h.booted.run_dir.display()
         );
