@@ -140,18 +140,11 @@ pub fn test_verifier(line: &str) -> Line {
     } else {
         return Line::Open(format!("{rest}/{mode}"));
     };
-    let mut log = Vec::new();
-    if status == Status::Fail {
-        if let Some(why) = reason {
-            log.push(format!("FAIL {why}"));
-        }
-        return Line::Sub(Sub {
-            name: format!("{descr}/{mode}"),
-            status,
-            reason: None,
-            log,
-        });
-    }
+    // A failure's text after FAIL is its first log line, not a skip reason.
+    let (reason, log) = match (status, reason) {
+        (Status::Fail, Some(why)) => (None, vec![format!("FAIL {why}")]),
+        (_, reason) => (reason, Vec::new()),
+    };
     Line::Sub(Sub {
         name: format!("{descr}/{mode}"),
         status,

@@ -125,7 +125,8 @@ pub fn run(f: TestFlags) -> Result<i32> {
 fn half(f: &BootFlags, tree: Option<PathBuf>, plan: &str) -> Result<Half> {
     let started = Instant::now();
     let mut f = f.clone();
-    let label_kind = if tree.is_some() { "baseline" } else { "series" };
+    let is_baseline = tree.is_some();
+    let label_kind = if is_baseline { "baseline" } else { "series" };
     if let Some(t) = tree {
         f.common.tree = Some(t);
     }
@@ -134,14 +135,12 @@ fn half(f: &BootFlags, tree: Option<PathBuf>, plan: &str) -> Result<Half> {
     let (tree, config, kernel) = p.built()?;
     let suites = build::build(&p.ctx, &tree, &kernel)?;
     let initrd = image::build(&p.ctx, &kernel, &suites, plan)?;
-    let label = format!(
-        "{}-kernel-suites",
-        if label_kind == "baseline" {
-            "baseline".to_string()
-        } else {
-            p.series_name()
-        }
-    );
+    let name = if is_baseline {
+        label_kind.to_string()
+    } else {
+        p.series_name()
+    };
+    let label = format!("{name}-kernel-suites");
     let booted = boot(
         &p,
         &f,
