@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * global_ma_prefill_*: allocations from the global allocator on the CPU
- * that triggers them, to check the reserve that BPF_GLOBAL_MA_PREFILL
- * gives every CPU (Delyan's "freelist determinism" sequence).
+ * that triggers them, to check the reserve that a map of type
+ * BPF_MAP_TYPE_GLOBAL_MA_RESERVE gives every CPU (Delyan's "freelist determinism" sequence).
  *
  * The runner pins a thread to CPU c, writes ctl[c] (command, base slot,
  * count) and calls getpgid() once:

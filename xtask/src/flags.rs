@@ -98,7 +98,7 @@ pub struct BenchAllocFlags {
     #[arg(long, default_value_t = 1_000_000)]
     pub loops: u64,
     /// Allocations per NMI in the NMI measurement, and the objects reserved
-    /// for them with BPF_GLOBAL_MA_PREFILL.
+    /// for them with a BPF_MAP_TYPE_GLOBAL_MA_RESERVE map.
     #[arg(long, default_value_t = 1_000)]
     pub batch: u32,
 }

@@ -1,6 +1,11 @@
 //! `cargo xtask check-series`: ktest.pl's patchcheck for our series. Each
 //! patch in order: checkpatch --strict, an incremental build, and with
-//! --boot the selftests that exist at that point. One line per patch.
+//! --boot the selftests that exist at that point. One line per patch. At
+//! the series head, the kernel's own check that bpftool's lists of map,
+//! program and attach types match the UAPI headers
+//! (tools/testing/selftests/bpf/test_bpftool_synctypes.py, as BPF CI runs
+//! it): a series may add a type in one patch and teach bpftool in a later
+//! one, so it is judged on the whole series only.
 
 use std::path::Path;
 use std::time::Instant;
@@ -63,6 +68,27 @@ pub fn checkpatch(tree: &Path, patch: &Path, ignore: &[Exception]) -> Result<(Ch
         )
     })?;
     Ok((counts, text))
+}
+
+/// The kernel's bpftool/UAPI consistency check, relative to the tree.
+const SYNCTYPES: &str = "tools/testing/selftests/bpf/test_bpftool_synctypes.py";
+
+/// Runs SYNCTYPES in `tree` (as checked out): `None` when the tree has no
+/// such script, else whether it passed and what it printed.
+pub fn synctypes(tree: &Path) -> Result<Option<(bool, String)>> {
+    if !tree.join(SYNCTYPES).is_file() {
+        return Ok(None);
+    }
+    let out = duct::cmd!("python3", SYNCTYPES)
+        .dir(tree)
+        .stderr_to_stdout()
+        .unchecked()
+        .run()
+        .with_context(|| format!("running python3 {SYNCTYPES} (is python3 installed?)"))?;
+    Ok(Some((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )))
 }
 
 /// Puts the managed tree back on the series branch however the check ends.
@@ -184,12 +210,37 @@ pub fn run(f: CheckSeriesFlags) -> Result<i32> {
         eprintln!("[check] {line}");
         lines.push(line);
     }
+    // The last commit is still checked out: the series head.
+    let sync_failed = match synctypes(&tree.path)? {
+        None => {
+            eprintln!("[check] {SYNCTYPES}: not in this tree, not run");
+            false
+        }
+        Some((ok, text)) => {
+            if !ok {
+                eprintln!("{text}");
+            }
+            lines.push(format!(
+                "series head: {SYNCTYPES} {}",
+                if ok { "ok" } else { "FAILED" }
+            ));
+            !ok
+        }
+    };
     println!();
     for l in &lines {
         println!("{l}");
     }
-    println!("check-series: {} passed, {bad} failed", commits.len() - bad);
-    Ok(if bad == 0 { 0 } else { 1 })
+    println!(
+        "check-series: {} passed, {bad} failed{}",
+        commits.len() - bad,
+        if sync_failed {
+            "; bpftool's type lists do not match the UAPI at the series head"
+        } else {
+            ""
+        }
+    );
+    Ok(if bad == 0 && !sync_failed { 0 } else { 1 })
 }
 
 #[cfg(test)]

@@ -190,15 +190,16 @@ fn bench_alloc_nmi(ctx: &Ctx<'_>) -> Result<Outcome> {
     let _pinned = pin(&p)?;
     for rep in 0..=p.reps {
         for &size in &p.sizes {
+            let base = prefill::reserved_total()?;
             let reservation = prefill::prefill(size, p.batch, 0)
-                .with_context(|| format!("BPF_GLOBAL_MA_PREFILL({size}, {})", p.batch))?;
+                .with_context(|| format!("reservation map ({size}, {})", p.batch))?;
             let m = kernel_bench::run(&Request {
                 mode: Mode::Nmi,
                 size,
                 loops: p.loops,
                 batch: p.batch,
             });
-            drop(reservation);
+            prefill::close_and_wait(reservation, base)?;
             let m = m?;
             if rep > 0 {
                 emit_alloc(&m, rep);
@@ -208,8 +209,8 @@ fn bench_alloc_nmi(ctx: &Ctx<'_>) -> Result<Outcome> {
     Ok(Outcome::Pass)
 }
 
-/// BPF_GLOBAL_MA_PREFILL(size, count) timed around the syscall, the fd
-/// closed (the reservation given back) after each. A count whose units do
+/// A reservation map (size, count) created, timed around the syscall, and
+/// closed after each, waiting until the reservation is given back. A count whose units do
 /// not fit the per-CPU reserve limit must be refused with E2BIG, which is
 /// checked and reported instead of a time.
 fn bench_prefill(ctx: &Ctx<'_>) -> Result<Outcome> {
@@ -217,10 +218,11 @@ fn bench_prefill(ctx: &Ctx<'_>) -> Result<Outcome> {
     let _pinned = pin(&p)?;
     let mut cases = Vec::new();
     for &size in &p.sizes {
-        let probe = prefill::prefill(size, 1, 0)
-            .with_context(|| format!("BPF_GLOBAL_MA_PREFILL({size}, 1)"))?;
+        let base = prefill::reserved_total()?;
+        let probe =
+            prefill::prefill(size, 1, 0).with_context(|| format!("reservation map ({size}, 1)"))?;
         let unit = prefill::read_fdinfo(&probe)?.unit_size;
-        drop(probe);
+        prefill::close_and_wait(probe, base)?;
         for count in PREFILL_COUNTS {
             let over = u64::from(count) * u64::from(unit) > prefill::RESERVE_MAX;
             if over {
@@ -232,14 +234,15 @@ fn bench_prefill(ctx: &Ctx<'_>) -> Result<Outcome> {
     }
     for rep in 0..=p.reps {
         for &(size, count, unit) in &cases {
+            let base = prefill::reserved_total()?;
             let start = Instant::now();
             let fd = prefill::prefill(size, count, 0);
             let ns = start.elapsed().as_nanos();
-            let fd = fd.with_context(|| format!("BPF_GLOBAL_MA_PREFILL({size}, {count})"))?;
+            let fd = fd.with_context(|| format!("reservation map ({size}, {count})"))?;
             let info = prefill::read_fdinfo(&fd)?;
-            drop(fd);
+            prefill::close_and_wait(fd, base)?;
             if info.count != count || info.unit_size != unit {
-                bail!("BPF_GLOBAL_MA_PREFILL({size}, {count}) reserved {info:?}");
+                bail!("reservation map ({size}, {count}) reserved {info:?}");
             }
             if rep > 0 {
                 emit(
@@ -264,7 +267,7 @@ fn refused(size: u32, count: u32, unit: u32) -> Result<()> {
         Ok(fd) => {
             drop(fd);
             bail!(
-                "BPF_GLOBAL_MA_PREFILL({size}, {count}) succeeded although {count} units of \
+                "reservation map ({size}, {count}) succeeded although {count} units of \
                  {unit} bytes exceed the {} bytes per CPU limit",
                 prefill::RESERVE_MAX
             )
@@ -283,7 +286,7 @@ fn refused(size: u32, count: u32, unit: u32) -> Result<()> {
             Ok(())
         }
         Err(e) => Err(e).with_context(|| {
-            format!("BPF_GLOBAL_MA_PREFILL({size}, {count}): want E2BIG (over the limit)")
+            format!("reservation map ({size}, {count}): want E2BIG (over the limit)")
         }),
     }
 }

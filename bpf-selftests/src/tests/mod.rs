@@ -68,6 +68,10 @@ pub const ALL: &[Test] = &[
         run: global_ma::global_ma_prefill_release,
     },
     Test {
+        name: "global_ma_prefill_prog_lifetime",
+        run: global_ma::global_ma_prefill_prog_lifetime,
+    },
+    Test {
         name: "global_ma_prefill_stacking",
         run: global_ma::global_ma_prefill_stacking,
     },
@@ -78,6 +82,14 @@ pub const ALL: &[Test] = &[
     Test {
         name: "global_ma_prefill_token_probe",
         run: global_ma::global_ma_prefill_token_probe,
+    },
+    Test {
+        name: "global_ma_reserve_in_programs",
+        run: global_ma::global_ma_reserve_in_programs,
+    },
+    Test {
+        name: "global_ma_reserve_no_elements",
+        run: global_ma::global_ma_reserve_no_elements,
     },
     Test {
         name: "global_ma_prefill_enomem",

@@ -10,11 +10,11 @@
 
 mod counts;
 mod debug;
+mod interface;
 mod kptr;
 mod nmi;
 mod prefill;
 mod stress;
-mod token;
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
@@ -26,6 +26,9 @@ use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, Program};
 
 pub use counts::{global_ma_prog_arg_refused, global_ma_prog_counts, global_ma_zero_size};
 pub use debug::global_ma_debug_bugs;
+pub use interface::{
+    global_ma_prefill_token_probe, global_ma_reserve_in_programs, global_ma_reserve_no_elements,
+};
 pub use kptr::{
     global_ma_cross_cpu, global_ma_debug_owner_gone, global_ma_hash_delete,
     global_ma_hash_overwrite, global_ma_map_free,
@@ -37,10 +40,10 @@ pub use nmi::{
 };
 pub use prefill::{
     global_ma_prefill_bad_input, global_ma_prefill_concurrent, global_ma_prefill_enomem,
-    global_ma_prefill_release, global_ma_prefill_sequence, global_ma_prefill_stacking,
+    global_ma_prefill_prog_lifetime, global_ma_prefill_release, global_ma_prefill_sequence,
+    global_ma_prefill_stacking,
 };
 pub use stress::global_ma_concurrent;
-pub use token::global_ma_prefill_token_probe;
 
 use crate::bpf::{self, Pod};
 use crate::btf_tags;

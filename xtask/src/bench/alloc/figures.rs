@@ -50,7 +50,7 @@ impl AllocRun {
     }
 }
 
-/// One timed BPF_GLOBAL_MA_PREFILL.
+/// One timed creation of a BPF_MAP_TYPE_GLOBAL_MA_RESERVE map.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrefillRun {
     pub size: u32,
