@@ -30,6 +30,20 @@
 #define ENOMEM 12
 #endif
 
+/* BPF_MAP_TYPE_GLOBAL_MA_RESERVE in the series' enum bpf_map_type, written
+ * as a number so that the objects build on any tree (the runner's
+ * prefill::BPF_MAP_TYPE_GLOBAL_MA_RESERVE).
+ */
+#define GMA_MAP_TYPE_RESERVE 32
+
+/* A reservation map: one 32-byte object on every CPU while it lives */
+#define GMA_RESERVE_MAP(name)				\
+	struct {					\
+		__uint(type, GMA_MAP_TYPE_RESERVE);	\
+		__uint(value_size, 32);			\
+		__uint(max_entries, 1);			\
+	} name SEC(".maps")
+
 /* struct bpf_ma_testobj's magic while the object is allocated ("bpfatest") */
 #define GMA_MAGIC 0x7473657461706662ULL
 

@@ -1,21 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * global_ma_reserve_in_programs: this object must NOT load. Its map is a
- * reservation (BPF_MAP_TYPE_GLOBAL_MA_RESERVE, 32 in the series' enum
- * bpf_map_type, written as a number so that the object builds on any
- * tree), which libbpf creates like any map, and its program passes the map
- * to bpf_map_lookup_elem(). The map has no elements and no key; the
- * verifier must refuse the call, or the program would get the ERR_PTR of
- * the map's lookup as a value pointer.
+ * reservation (GMA_RESERVE_MAP in global_ma.h), which libbpf creates like
+ * any map, and its program passes the map to bpf_map_lookup_elem(). The
+ * map has no elements and no key; the verifier must refuse the call, or
+ * the program would get the ERR_PTR of the map's lookup as a value pointer.
  */
 #include "vmlinux.h"
 #include <bpf_helpers.h>
+#include "global_ma.h"
 
-struct {
-	__uint(type, 32);
-	__uint(value_size, 32);
-	__uint(max_entries, 1);
-} reserve SEC(".maps");
+GMA_RESERVE_MAP(reserve);
 
 SEC("syscall")
 int gma_reserve_lookup(void *ctx)
