@@ -1039,14 +1039,48 @@ fn with_nofile_limit<T>(
 /// Objects of 4088 bytes (a 4096-byte unit) per racing prefill: 10 MiB.
 const RACE_COUNT: u32 = 2560;
 
+/// BPF_MAP_TYPE_ARRAY in `enum bpf_map_type`.
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+
 fn attr(size: u32, count: u32, flags: u32) -> PrefillAttr {
     PrefillAttr::new(size, count, flags)
 }
 
-/// prefill(32, 10) from a forked child that dropped to uid/gid 65534 (and
-/// with it every capability); returns the child's errno (0: success).
-fn unprivileged_errno() -> Result<i32> {
-    let create = prefill::create_attr_bytes(attr(OBJ_SIZE, 10, 0), &[]);
+/// kernel.unprivileged_bpf_disabled: 2 by default (BPF_UNPRIV_DEFAULT_OFF)
+/// turns every bpf() of an unprivileged caller into EPERM before any map
+/// type is looked at, so the reservation map's own capability check is
+/// only seen with 0.
+const UNPRIV_SYSCTL: &str = "/proc/sys/kernel/unprivileged_bpf_disabled";
+
+/// Sets UNPRIV_SYSCTL to 0 and puts the old value back when dropped.
+struct UnprivBpfAllowed(String);
+
+impl UnprivBpfAllowed {
+    fn new() -> Result<UnprivBpfAllowed> {
+        let old = std::fs::read_to_string(UNPRIV_SYSCTL)
+            .with_context(|| format!("reading {UNPRIV_SYSCTL}"))?;
+        let old = old.trim().to_string();
+        if old == "1" {
+            bail!("{UNPRIV_SYSCTL} is 1, which cannot be undone until reboot");
+        }
+        std::fs::write(UNPRIV_SYSCTL, "0")
+            .with_context(|| format!("writing 0 to {UNPRIV_SYSCTL}"))?;
+        Ok(UnprivBpfAllowed(old))
+    }
+}
+
+impl Drop for UnprivBpfAllowed {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(UNPRIV_SYSCTL, &self.0) {
+            eprintln!("# could not restore {UNPRIV_SYSCTL} to {}: {e}", self.0);
+        }
+    }
+}
+
+/// BPF_MAP_CREATE with `create` from a forked child that dropped to uid/gid
+/// 65534 (and with it every capability); returns the child's errno (0:
+/// success).
+fn unprivileged_errno(create: &[u8]) -> Result<i32> {
     // SAFETY: the child only calls async-signal-safe functions (setresgid,
     // setresuid, syscall, _exit) and never returns into Rust code.
     let pid = unsafe { libc::fork() };
@@ -1279,13 +1313,33 @@ pub fn global_ma_prefill_bad_input(ctx: &Ctx<'_>) -> Result<Outcome> {
         || with_nofile_limit(lowest_free, || prefill::prefill(OBJ_SIZE, 10, 0)),
     )?;
 
-    // No capabilities.
+    // No capabilities, with unprivileged bpf() allowed, so that only the
+    // map type can refuse; a plain array from the same child is the control.
+    let allowed = UnprivBpfAllowed::new()?;
+    let array = PrefillAttr {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        size: 8,
+        count: 1,
+        flags: 0,
+    };
+    let control = unprivileged_errno(&prefill::create_attr_bytes(array, &[]))?;
     let before = snap(c)?;
-    let e = unprivileged_errno()?;
+    let e = unprivileged_errno(&prefill::create_attr_bytes(attr(OBJ_SIZE, 10, 0), &[]))?;
     let after = snap(c)?;
+    drop(allowed);
+    c.eq(
+        "unprivileged caller, unprivileged_bpf_disabled 0: an array map is created",
+        "0".to_string(),
+        if control == 0 {
+            "0".to_string()
+        } else {
+            errno_name(control)
+        },
+    );
     ctx.diag(format!(
         "{:<36} -> {} (want EPERM)",
-        "uid 65534, no capabilities",
+        "uid 65534, no caps, unpriv bpf allowed",
         errno_name(e)
     ));
     c.eq(
