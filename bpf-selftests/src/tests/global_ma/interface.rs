@@ -49,10 +49,6 @@ const RESERVE_REF: &str = "global_ma_reserve_ref";
 /// so no element helper can take it (6.1's check_helper_mem_access()).
 const HELPER_REFUSED: &str = "invalid zero-sized read";
 
-fn reserved() -> Result<u64> {
-    prefill::reserved_total()
-}
-
 pub fn global_ma_reserve_in_programs(ctx: &Ctx<'_>) -> Result<Outcome> {
     if let Some(skip) = super::prefill::missing_reserves(ctx, OBJECT)? {
         return Ok(skip);
@@ -63,13 +59,13 @@ pub fn global_ma_reserve_in_programs(ctx: &Ctx<'_>) -> Result<Outcome> {
         }
     }
     let mut checks = Checks::new();
-    let before = reserved()?;
+    let before = prefill::reserved_total()?;
 
     let open_ref = bpf::open_object(&ctx.cfg.bpf_dir, RESERVE_REF)?;
     let (loaded, log) = bpf::capture_libbpf_log(|| open_ref.load());
     match loaded {
         Ok(obj) => {
-            let held = reserved()?;
+            let held = prefill::reserved_total()?;
             checks.eq(
                 "objects reserved while a sleepable program refers to a 32 x 1 map",
                 true,
@@ -125,9 +121,9 @@ pub fn global_ma_reserve_no_elements(ctx: &Ctx<'_>) -> Result<Outcome> {
     const SIZE: u32 = 32;
     const COUNT: u32 = 4;
     let mut checks = Checks::new();
-    let before = reserved()?;
+    let before = prefill::reserved_total()?;
     let map = prefill::prefill(SIZE, COUNT, 0).context("creating a 32 x 4 reservation map")?;
-    let held = reserved()?;
+    let held = prefill::reserved_total()?;
     let mut value = [0u8; SIZE as usize];
     for (name, cmd) in prefill::ELEM_CMDS {
         let got = prefill::map_elem_cmd(cmd, map.as_fd(), &mut value);
@@ -140,7 +136,7 @@ pub fn global_ma_reserve_no_elements(ctx: &Ctx<'_>) -> Result<Outcome> {
     checks.eq(
         "reserved objects after the element commands",
         held,
-        reserved()?,
+        prefill::reserved_total()?,
     );
     let took = prefill::close_and_wait(map, before)?;
     ctx.diag(format!(
@@ -157,7 +153,7 @@ pub fn global_ma_prefill_token_probe(ctx: &Ctx<'_>) -> Result<Outcome> {
         return Ok(skip);
     }
     let mut checks = Checks::new();
-    let before = (reserved()?, Caches::read()?);
+    let before = (prefill::reserved_total()?, Caches::read()?);
 
     // What libbpf's token probe sends: BPF_TOKEN_CREATE's { flags, bpffs_fd }.
     let bpffs = File::open(BPFFS).with_context(|| format!("opening {BPFFS}"))?;
@@ -193,7 +189,7 @@ pub fn global_ma_prefill_token_probe(ctx: &Ctx<'_>) -> Result<Outcome> {
 
     // And what libbpf itself does when it loads an object.
     let obj = bpf::load(open(ctx, OBJECT)?, OBJECT)?;
-    let after = (reserved()?, Caches::read()?);
+    let after = (prefill::reserved_total()?, Caches::read()?);
     checks.eq("reserved objects after a libbpf load", before.0, after.0);
     for bad in after.1.marks_changed(&before.1) {
         checks.fail(format!("watermarks moved: {bad}"));
