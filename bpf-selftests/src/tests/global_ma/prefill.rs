@@ -1330,12 +1330,8 @@ pub fn global_ma_prefill_bad_input(ctx: &Ctx<'_>) -> Result<Outcome> {
     drop(allowed);
     c.eq(
         "unprivileged caller, unprivileged_bpf_disabled 0: an array map is created",
-        "0".to_string(),
-        if control == 0 {
-            "0".to_string()
-        } else {
-            errno_name(control)
-        },
+        errno_name(0),
+        errno_name(control),
     );
     ctx.diag(format!(
         "{:<36} -> {} (want EPERM)",
