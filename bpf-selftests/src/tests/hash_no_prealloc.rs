@@ -14,10 +14,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Error, Result};
 use libbpf_rs::{Map, MapCore, MapFlags, Object};
 
-use crate::bpf::{self, Pod};
 use crate::check::Checks;
-use crate::cpu::{self, MAX_CPUS};
 use crate::runner::{panic_message, Ctx, Outcome};
+use crate::sys::bpf::{self, Pod};
+use crate::sys::cpu::{self, MAX_CPUS};
 
 const OBJECT: &str = "hash_no_prealloc";
 const PROGRAM: &str = "on_getpgid";

@@ -16,18 +16,18 @@ use std::fmt;
 use anyhow::{bail, Result};
 use libbpf_rs::{Link, Map, MapCore, MapFlags, Object};
 
-use super::debug::{read_outstanding, Outstanding, OUTSTANDING_PATH};
 use super::{
     attach, describe_cpu_deltas, drop_and_settle, expect_deltas, expect_prog_delta, finish, open,
     prog_counts, prog_id, quiet_stats, read_stats, trigger, write_global, MAGIC, POLL_INTERVAL,
     SETTLE_TIMEOUT,
 };
-use crate::affinity;
-use crate::bpf::{self, Pod};
 use crate::check::Checks;
-use crate::cpu;
-use crate::fdinfo::ProgGlobalMa;
 use crate::runner::{Ctx, Outcome};
+use crate::sys::affinity;
+use crate::sys::bpf::{self, Pod};
+use crate::sys::cpu;
+use crate::sys::fdinfo::ProgGlobalMa;
+use crate::sys::outstanding::{self, Outstanding};
 
 const OBJECT: &str = "global_ma_kptr";
 /// Mirrors GMA_MAX_ENTRIES in the BPF program.
@@ -749,7 +749,7 @@ const ORPHANS: u32 = 3;
 fn poll_outstanding(done: impl Fn(&[Outstanding]) -> bool) -> Result<Vec<Outstanding>> {
     let start = std::time::Instant::now();
     loop {
-        let listed = read_outstanding()?.unwrap_or_default();
+        let listed = outstanding::read()?.unwrap_or_default();
         if done(&listed) || start.elapsed() > SETTLE_TIMEOUT {
             return Ok(listed);
         }
@@ -765,10 +765,11 @@ pub fn global_ma_debug_owner_gone(ctx: &Ctx<'_>) -> Result<Outcome> {
     if let Some(skip) = super::missing_feature(ctx, OBJECT) {
         return Ok(skip);
     }
-    let Some(before) = read_outstanding()? else {
+    let Some(before) = outstanding::read()? else {
         return Ok(Outcome::Skip(format!(
-            "{OUTSTANDING_PATH} missing: no global allocator debug mode \
-             (CONFIG_BPF_GLOBAL_MA_DEBUG)"
+            "{} missing: no global allocator debug mode \
+             (CONFIG_BPF_GLOBAL_MA_DEBUG)",
+            outstanding::PATH
         )));
     };
     let mut checks = Checks::new();

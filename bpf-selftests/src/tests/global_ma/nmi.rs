@@ -34,15 +34,15 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::{Link, MapCore, MapFlags, Object};
 
 use super::{attach, expect_deltas, finish, open, quiet_stats, trigger, write_global};
-use crate::affinity;
-use crate::bpf::{self, Pod};
-use crate::caches::Caches;
 use crate::check::Checks;
-use crate::cpu;
-use crate::nmi;
-use crate::prefill;
 use crate::runner::{panic_message, Ctx, Outcome};
-use crate::stats::{self, NmiStats, ReserveStats, Stats};
+use crate::sys::affinity;
+use crate::sys::bpf::{self, Pod};
+use crate::sys::caches::Caches;
+use crate::sys::cpu;
+use crate::sys::nmi;
+use crate::sys::reserve;
+use crate::sys::stats::{self, NmiStats, ReserveStats, Stats};
 
 const OBJECT: &str = "global_ma_nmi";
 /// NMI_SLOTS, NMI_MAX_CPUS in the BPF program.
@@ -270,7 +270,7 @@ fn hold_storm(ctx: &Ctx<'_>, n: u32, per_nmi: u32) -> Result<std::result::Result
     let mut checks = Checks::new();
     let start = quiet_stats(&mut checks)?;
     let mut l = Loaded::new(ctx)?;
-    let reservation = prefill::prefill(OBJ_SIZE, n, 0).context("prefill")?;
+    let reservation = reserve::prefill(OBJ_SIZE, n, 0).context("prefill")?;
     l.set(|c| {
         c.op = OP_HOLD;
         c.per_nmi = per_nmi;
@@ -630,7 +630,7 @@ pub fn global_ma_nmi_busy_free(ctx: &Ctx<'_>) -> Result<Outcome> {
     let mut l = Loaded::new(ctx)?;
     // 64 reserved: the list stays between the watermarks (low 32, high
     // 96 + 64), so no refill or trim moves free_cnt during the test.
-    let reservation = prefill::prefill(OBJ_SIZE, 64, 0).context("prefill")?;
+    let reservation = reserve::prefill(OBJ_SIZE, 64, 0).context("prefill")?;
     let key = 1u32;
     bpf::map(&l.obj, "hash")?
         .update(
@@ -1003,7 +1003,7 @@ fn stress_threads(cpus: &[usize], duration: Duration) -> Result<StressRun> {
             while Instant::now() < deadline {
                 // Both the test objects' class and another one.
                 let size = if n % 2 == 0 { OBJ_SIZE } else { 100 };
-                let fd: OwnedFd = prefill::prefill(size, 64, 0)
+                let fd: OwnedFd = reserve::prefill(size, 64, 0)
                     .with_context(|| format!("prefill({size}, 64) number {n}"))?;
                 drop(fd);
                 n += 1;
@@ -1032,7 +1032,7 @@ pub fn global_ma_nmi_stress(ctx: &Ctx<'_>) -> Result<Outcome> {
     let mut checks = Checks::new();
     let start = quiet_stats(&mut checks)?;
     let mut l = Loaded::new(ctx)?;
-    let reservation = prefill::prefill(OBJ_SIZE, BASE, 0).context("prefill")?;
+    let reservation = reserve::prefill(OBJ_SIZE, BASE, 0).context("prefill")?;
     l.set(|c| {
         c.op = OP_RING;
         c.per_nmi = 4;

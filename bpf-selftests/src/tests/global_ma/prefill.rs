@@ -42,14 +42,15 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::{Link, MapCore, MapFlags, Object};
 
 use super::{attach, expect_deltas, finish, open, quiet_stats, trigger, POLL_INTERVAL};
-use crate::affinity;
-use crate::bpf::{self, Pod};
-use crate::caches::{self, Caches};
 use crate::check::Checks;
-use crate::cpu::{self, MAX_CPUS};
-use crate::prefill::{self, errno_name, PrefillAttr, MAX_SIZE, RESERVE_MAX};
 use crate::runner::{Ctx, Outcome};
-use crate::stats::{self, ReserveStats, Stats};
+use crate::sys::affinity;
+use crate::sys::bpf::{self, Pod};
+use crate::sys::caches::{self, Caches};
+use crate::sys::cpu::{self, MAX_CPUS};
+use crate::sys::fail_page_alloc;
+use crate::sys::reserve::{self, errno_name, PrefillAttr, MAX_SIZE, RESERVE_MAX};
+use crate::sys::stats::{self, ReserveStats, Stats};
 
 const OBJECT: &str = "global_ma_prefill";
 const PROGS: [&str; 3] = ["gma_pf_alloc", "gma_pf_free", "gma_pf_hammer"];
@@ -109,7 +110,7 @@ pub(super) fn missing_reserves(ctx: &Ctx<'_>, object: &str) -> Result<Option<Out
             caches::CACHES_PATH
         ))));
     }
-    Ok(prefill::probe()?.map(Outcome::Skip))
+    Ok(reserve::probe()?.map(Outcome::Skip))
 }
 
 /// One consistent look at the allocator: counters, reserve fields, caches.
@@ -547,7 +548,7 @@ fn release<T>(
 /// The unit size of the reservation behind `fd`, whose fdinfo must show
 /// what it was asked for.
 fn checked_unit(checks: &mut Checks, fd: &OwnedFd, size: u32, count: u32) -> Result<u32> {
-    let info = prefill::read_fdinfo(fd)?;
+    let info = reserve::read_fdinfo(fd)?;
     checks.eq(
         format!("fdinfo size of prefill({size}, {count})"),
         size,
@@ -563,7 +564,7 @@ fn checked_unit(checks: &mut Checks, fd: &OwnedFd, size: u32, count: u32) -> Res
 
 fn prefill_timed(size: u32, count: u32) -> Result<(OwnedFd, Duration)> {
     let t = Instant::now();
-    let fd = prefill::prefill(size, count, 0)
+    let fd = reserve::prefill(size, count, 0)
         .with_context(|| format!("reservation map {size} x {count}"))?;
     Ok((fd, t.elapsed()))
 }
@@ -798,7 +799,7 @@ pub fn global_ma_prefill_prog_lifetime(ctx: &Ctx<'_>) -> Result<Outcome> {
 
     let (fd, _) = prefill_timed(OBJ_SIZE, N)?;
     let unit = checked_unit(&mut checks, &fd, OBJ_SIZE, N)?;
-    prefill::prog_bind_map(prog.as_fd(), fd.as_fd()).context("BPF_PROG_BIND_MAP")?;
+    reserve::prog_bind_map(prog.as_fd(), fd.as_fd()).context("BPF_PROG_BIND_MAP")?;
     drop(fd);
     thread::sleep(HOLD_WAIT);
     let s1 = snap(&mut checks)?;
@@ -922,7 +923,7 @@ fn expect_err(
         (attr, tail),
         want,
         Undone::Refused,
-        || prefill::prefill_raw(attr, tail),
+        || reserve::prefill_raw(attr, tail),
     )
 }
 
@@ -1097,7 +1098,7 @@ fn unprivileged_errno(create: &[u8]) -> Result<i32> {
             }
             let fd = libc::syscall(
                 libc::SYS_bpf,
-                prefill::BPF_MAP_CREATE,
+                reserve::BPF_MAP_CREATE,
                 create.as_ptr(),
                 create.len() as libc::c_uint,
             );
@@ -1128,7 +1129,7 @@ pub fn global_ma_prefill_bad_input(ctx: &Ctx<'_>) -> Result<Outcome> {
     let c = &mut checks;
 
     // unit of OBJ_SIZE, from a tiny reservation
-    let fd = prefill::prefill(OBJ_SIZE, 1, 0).context("prefill(32, 1)")?;
+    let fd = reserve::prefill(OBJ_SIZE, 1, 0).context("prefill(32, 1)")?;
     // SAFETY: F_GETFD on an fd we own reads its flags and nothing else.
     let fd_flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
     c.eq(
@@ -1247,7 +1248,7 @@ pub fn global_ma_prefill_bad_input(ctx: &Ctx<'_>) -> Result<Outcome> {
             .map(|_| {
                 s.spawn(|| {
                     barrier.wait();
-                    prefill::prefill(MAX_SIZE, RACE_COUNT, 0)
+                    reserve::prefill(MAX_SIZE, RACE_COUNT, 0)
                 })
             })
             .collect();
@@ -1310,7 +1311,7 @@ pub fn global_ma_prefill_bad_input(ctx: &Ctx<'_>) -> Result<Outcome> {
         (attr(OBJ_SIZE, 10, 0), &[]),
         libc::EMFILE,
         Undone::Reservation,
-        || with_nofile_limit(lowest_free, || prefill::prefill(OBJ_SIZE, 10, 0)),
+        || with_nofile_limit(lowest_free, || reserve::prefill(OBJ_SIZE, 10, 0)),
     )?;
 
     // No capabilities, with unprivileged bpf() allowed, so that only the
@@ -1323,9 +1324,9 @@ pub fn global_ma_prefill_bad_input(ctx: &Ctx<'_>) -> Result<Outcome> {
         count: 1,
         flags: 0,
     };
-    let control = unprivileged_errno(&prefill::create_attr_bytes(array, &[]))?;
+    let control = unprivileged_errno(&reserve::create_attr_bytes(array, &[]))?;
     let before = snap(c)?;
-    let e = unprivileged_errno(&prefill::create_attr_bytes(attr(OBJ_SIZE, 10, 0), &[]))?;
+    let e = unprivileged_errno(&reserve::create_attr_bytes(attr(OBJ_SIZE, 10, 0), &[]))?;
     let after = snap(c)?;
     drop(allowed);
     c.eq(
@@ -1526,11 +1527,11 @@ pub fn global_ma_prefill_enomem(ctx: &Ctx<'_>) -> Result<Outcome> {
     if let Some(skip) = missing_reserves(ctx, OBJECT)? {
         return Ok(skip);
     }
-    if !std::path::Path::new(prefill::FAIL_PAGE_ALLOC).exists() {
+    if !std::path::Path::new(fail_page_alloc::PATH).exists() {
         return Ok(Outcome::Skip(format!(
             "{} missing: this kernel has no page-allocation fault injection \
              (CONFIG_FAIL_PAGE_ALLOC, CONFIG_FAULT_INJECTION_DEBUG_FS)",
-            prefill::FAIL_PAGE_ALLOC
+            fail_page_alloc::PATH
         )));
     }
     let mut checks = Checks::new();
@@ -1543,9 +1544,9 @@ pub fn global_ma_prefill_enomem(ctx: &Ctx<'_>) -> Result<Outcome> {
     let before = snap(&mut checks)?;
     let ((r, took), injected) = {
         let _pin = affinity::pin(cpus[0])?;
-        prefill::with_failing_pages(space_pages, TIMES, || {
+        fail_page_alloc::with_failing_pages(space_pages, TIMES, || {
             let t = Instant::now();
-            let r = prefill::prefill(ENOMEM_SIZE, ENOMEM_COUNT, 0);
+            let r = reserve::prefill(ENOMEM_SIZE, ENOMEM_COUNT, 0);
             (r, t.elapsed())
         })?
     };

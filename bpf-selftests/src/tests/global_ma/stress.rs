@@ -19,11 +19,11 @@ use anyhow::{anyhow, bail, Context, Error, Result};
 use libbpf_rs::{Map, MapCore, MapFlags};
 
 use super::{attach, finish, open, prog_counts, quiet_stats, read_stats, trigger, write_global};
-use crate::bpf::{self, Pod};
 use crate::check::Checks;
-use crate::cpu::{self, MAX_CPUS};
-use crate::fdinfo::ProgGlobalMa;
 use crate::runner::{panic_message, Ctx, Outcome};
+use crate::sys::bpf::{self, Pod};
+use crate::sys::cpu::{self, MAX_CPUS};
+use crate::sys::fdinfo::ProgGlobalMa;
 
 const OBJECT: &str = "global_ma_stress";
 const PROGRAM: &str = "gma_stress";

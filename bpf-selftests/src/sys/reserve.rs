@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use anyhow::{Context, Result};
 
-use crate::fdinfo;
+use super::fdinfo;
 
 /// `BPF_MAP_CREATE` in `enum bpf_cmd`.
 pub const BPF_MAP_CREATE: libc::c_long = 0;
@@ -165,7 +165,7 @@ pub fn prefill(size: u32, count: u32, flags: u32) -> Result<OwnedFd, io::Error> 
 /// Total `reserved` objects (all CPUs, all classes) in the allocator's
 /// stats.
 pub fn reserved_total() -> Result<u64> {
-    crate::stats::read_total_field("reserved")?
+    super::stats::read_total_field("reserved")?
         .context("the allocator's stats have no `reserved` field")
 }
 
@@ -284,83 +284,6 @@ pub fn parse_fdinfo(fields: &BTreeMap<String, String>) -> Result<FdInfo> {
 
 pub fn read_fdinfo(fd: &impl AsFd) -> Result<FdInfo> {
     parse_fdinfo(&fdinfo::read(fd.as_fd())?)
-}
-
-/// Page-allocation fault injection (CONFIG_FAIL_PAGE_ALLOC with
-/// CONFIG_FAULT_INJECTION_DEBUG_FS), restricted to the calling thread with
-/// `task-filter` and `/proc/thread-self/make-it-fail`.
-pub const FAIL_PAGE_ALLOC: &str = "/sys/kernel/debug/fail_page_alloc";
-
-/// Writes `value` to `FAIL_PAGE_ALLOC/<name>`.
-pub fn fail_page_alloc_set(name: &str, value: &str) -> Result<()> {
-    let path = format!("{FAIL_PAGE_ALLOC}/{name}");
-    std::fs::write(&path, value).with_context(|| format!("writing {value:?} to {path}"))
-}
-
-/// Reads `FAIL_PAGE_ALLOC/<name>` as a number.
-pub fn fail_page_alloc_get(name: &str) -> Result<i64> {
-    let path = format!("{FAIL_PAGE_ALLOC}/{name}");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    text.trim()
-        .parse()
-        .with_context(|| format!("{path}: {text:?} is not a number"))
-}
-
-/// Runs `f` with every page allocation of the calling thread failing once
-/// `space_pages` pages have been allocated (at most `times` failures), then
-/// disarms. `space` counts pages in this kernel: 6.1.192's
-/// __should_fail_alloc_page() takes `1 << order` off it per allocation
-/// (older 6.1 releases took `PAGE_SIZE << order` bytes). Every file is opened before arming, so arming and disarming
-/// allocate nothing themselves. Returns what `f` returned and how many
-/// failures were injected.
-pub fn with_failing_pages<T>(
-    space_pages: u64,
-    times: u32,
-    f: impl FnOnce() -> T,
-) -> Result<(T, u32)> {
-    use std::io::Write;
-    // ignore-gfp-wait N: the prefill allocates with GFP_KERNEL (direct
-    // reclaim allowed); ignore-gfp-highmem Y: the thread's own user page
-    // faults (GFP_HIGHUSER) never fail.
-    for (name, value) in [
-        ("probability", "0".to_string()),
-        ("verbose", "0".to_string()),
-        ("task-filter", "Y".to_string()),
-        ("ignore-gfp-wait", "N".to_string()),
-        ("ignore-gfp-highmem", "Y".to_string()),
-        ("min-order", "0".to_string()),
-        ("interval", "1".to_string()),
-        ("times", times.to_string()),
-        ("space", space_pages.to_string()),
-    ] {
-        fail_page_alloc_set(name, &value)?;
-    }
-    let mut me = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/proc/thread-self/make-it-fail")
-        .context("opening /proc/thread-self/make-it-fail")?;
-    fail_page_alloc_set("probability", "100")?;
-    let armed = me
-        .write_all(b"1")
-        .context("writing 1 to /proc/thread-self/make-it-fail");
-    let out = armed.as_ref().ok().map(|_| f());
-    // Disarm whatever happened; proc_fault_inject_write() allocates
-    // nothing, but retry anyway in case a failure is left.
-    let mut off = Err(io::Error::other("not tried"));
-    for _ in 0..100 {
-        off = me.write_all(b"0");
-        if off.is_ok() {
-            break;
-        }
-    }
-    let prob = fail_page_alloc_set("probability", "0");
-    armed?;
-    off.context("writing 0 to /proc/thread-self/make-it-fail")?;
-    prob?;
-    let left = fail_page_alloc_get("times")?;
-    let injected = u32::try_from(i64::from(times) - left)
-        .with_context(|| format!("fail_page_alloc times left {left} > {times}"))?;
-    Ok((out.expect("armed"), injected))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::mem;
 
 use anyhow::{Context, Result};
 
-use crate::cpu;
+use super::cpu;
 
 /// Restores the thread's CPU mask of before `pin` when dropped.
 pub struct Pinned {
