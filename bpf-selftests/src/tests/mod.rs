@@ -151,6 +151,23 @@ pub fn fault(name: &str) -> Result<&'static [Test]> {
 mod table {
     use super::ALL;
 
+    /// The host compares each run with this snapshot, by name and in order.
+    const SNAPSHOT: &str = include_str!("../../snapshots/results@global-ma.snap");
+
+    #[test]
+    fn names_and_order_match_the_snapshot() {
+        let body = SNAPSHOT
+            .splitn(3, "---\n")
+            .nth(2)
+            .expect("snapshot has an insta header");
+        let snap: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.split_once(": ").map(|(name, _)| name))
+            .collect();
+        let table: Vec<&str> = ALL.iter().map(|t| t.name).collect();
+        assert_eq!(snap, table);
+    }
+
     #[test]
     fn names_are_unique_snake_case() {
         let mut seen = std::collections::BTreeSet::new();
