@@ -21,14 +21,137 @@ use anyhow::{bail, Context, Result};
 
 pub const STATS_PATH: &str = "/sys/kernel/debug/bpf_global_ma/stats";
 
-/// The counters of one line (one CPU, or the total).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub alloc: u64,
-    pub free: u64,
-    pub alloc_fail: u64,
-    pub refill: u64,
-    pub refill_objs: u64,
+/// A group of fields of one stats line, read by name: the struct, its
+/// `parse` (each field must be there and a number), `add` (field by field,
+/// wrapping) and `Display` (`name value ...` in declaration order). With
+/// `since -> Delta`, also `Delta` (the same fields as i64, displayed with
+/// their sign) and `since` returning it; with `since -> Self`, `since` is
+/// the wrapping difference of every field.
+macro_rules! counters {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident { $($field:ident: $ty:ty),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct $name {
+            $(pub $field: $ty,)+
+        }
+
+        impl $name {
+            /// The field names, as the stats file spells them.
+            #[cfg(test)]
+            const FIELDS: &'static [&'static str] = &[$(stringify!($field)),+];
+
+            /// The group's fields of one line (other fields are ignored).
+            fn parse(f: &BTreeMap<&str, &str>, label: &str) -> Result<$name> {
+                Ok($name {
+                    $($field: num(f, label, stringify!($field))?,)+
+                })
+            }
+
+            // Not every group is summed.
+            #[allow(dead_code)]
+            fn add(&mut self, o: &$name) {
+                $(self.$field = self.$field.wrapping_add(o.$field);)+
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let words = [$(format!("{} {}", stringify!($field), self.$field)),+];
+                f.write_str(&words.join(" "))
+            }
+        }
+    };
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident { $($field:ident: $ty:ty),+ $(,)? }
+        since -> Self
+    ) => {
+        counters! { $(#[$meta])* pub struct $name { $($field: $ty),+ } }
+
+        impl $name {
+            /// `self - before`, field by field.
+            pub fn since(&self, before: &$name) -> $name {
+                $name {
+                    $($field: self.$field.wrapping_sub(before.$field),)+
+                }
+            }
+        }
+    };
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident { $($field:ident: u64),+ $(,)? }
+        since -> $delta:ident
+    ) => {
+        counters! { $(#[$meta])* pub struct $name { $($field: u64),+ } }
+
+        /// `after - before` of every counter.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct $delta {
+            $(pub $field: i64,)+
+        }
+
+        impl $name {
+            /// `self - before`.
+            pub fn since(&self, before: &$name) -> $delta {
+                $delta {
+                    $($field: sub(self.$field, before.$field),)+
+                }
+            }
+        }
+
+        impl fmt::Display for $delta {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let words = [$(format!("{} {:+}", stringify!($field), self.$field)),+];
+                f.write_str(&words.join(" "))
+            }
+        }
+    };
+}
+
+counters! {
+    /// The counters of one line (one CPU, or the total).
+    pub struct Counters {
+        alloc: u64,
+        free: u64,
+        alloc_fail: u64,
+        refill: u64,
+        refill_objs: u64,
+    }
+    since -> Delta
+}
+
+counters! {
+    /// The reserve fields of the stats lines (patches/global-ma 0008, 0010):
+    /// `prefill trim trim_objs reserved cached`, on every CPU line and the
+    /// total line. `reserved` and `cached` are gauges.
+    pub struct ReserveCounters {
+        prefill: u64,
+        trim: u64,
+        trim_objs: u64,
+        reserved: i64,
+        cached: i64,
+    }
+}
+
+counters! {
+    /// The busy-list and NMI fields of the stats lines (patches/global-ma
+    /// 0013): `alloc_busy free_busy nmi_alloc nmi_alloc_fail nmi_free`,
+    /// subsets of `alloc_fail`, `free`, `alloc`, `alloc_fail` and `free`.
+    pub struct NmiCounters {
+        alloc_busy: u64,
+        free_busy: u64,
+        nmi_alloc: u64,
+        nmi_alloc_fail: u64,
+        nmi_free: u64,
+    }
+    since -> Self
+}
+
+fn sub(after: u64, before: u64) -> i64 {
+    after.wrapping_sub(before) as i64
 }
 
 /// One reading of the stats file.
@@ -42,60 +165,18 @@ pub struct Stats {
     pub bad_free: Option<u64>,
 }
 
-/// `after - before` of every counter.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Delta {
-    pub alloc: i64,
-    pub free: i64,
-    pub alloc_fail: i64,
-    pub refill: i64,
-    pub refill_objs: i64,
+/// One group of fields of one reading of the stats file, by CPU and in
+/// total.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PerCpu<C> {
+    pub cpus: BTreeMap<usize, C>,
+    pub total: C,
 }
 
-fn sub(after: u64, before: u64) -> i64 {
-    after.wrapping_sub(before) as i64
-}
-
-impl Counters {
-    /// `self - before`.
-    pub fn since(&self, before: &Counters) -> Delta {
-        Delta {
-            alloc: sub(self.alloc, before.alloc),
-            free: sub(self.free, before.free),
-            alloc_fail: sub(self.alloc_fail, before.alloc_fail),
-            refill: sub(self.refill, before.refill),
-            refill_objs: sub(self.refill_objs, before.refill_objs),
-        }
-    }
-
-    fn add(&mut self, o: &Counters) {
-        self.alloc = self.alloc.wrapping_add(o.alloc);
-        self.free = self.free.wrapping_add(o.free);
-        self.alloc_fail = self.alloc_fail.wrapping_add(o.alloc_fail);
-        self.refill = self.refill.wrapping_add(o.refill);
-        self.refill_objs = self.refill_objs.wrapping_add(o.refill_objs);
-    }
-}
-
-impl fmt::Display for Counters {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "alloc {} free {} alloc_fail {} refill {} refill_objs {}",
-            self.alloc, self.free, self.alloc_fail, self.refill, self.refill_objs
-        )
-    }
-}
-
-impl fmt::Display for Delta {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "alloc {:+} free {:+} alloc_fail {:+} refill {:+} refill_objs {:+}",
-            self.alloc, self.free, self.alloc_fail, self.refill, self.refill_objs
-        )
-    }
-}
+/// The reserve fields of one reading of the stats file.
+pub type ReserveStats = PerCpu<ReserveCounters>;
+/// The NMI fields of one reading of the stats file.
+pub type NmiStats = PerCpu<NmiCounters>;
 
 /// The `name value` pairs after a line's label.
 fn fields<'a>(label: &str, rest: &[&'a str]) -> Result<BTreeMap<&'a str, &'a str>> {
@@ -176,16 +257,6 @@ fn by_cpu<T>(
     Ok((cpus, total))
 }
 
-fn counters(f: &BTreeMap<&str, &str>, label: &str) -> Result<Counters> {
-    Ok(Counters {
-        alloc: num(f, label, "alloc")?,
-        free: num(f, label, "free")?,
-        alloc_fail: num(f, label, "alloc_fail")?,
-        refill: num(f, label, "refill")?,
-        refill_objs: num(f, label, "refill_objs")?,
-    })
-}
-
 impl Stats {
     /// Reads and parses the debugfs file.
     pub fn read() -> Result<Stats> {
@@ -208,13 +279,13 @@ impl Stats {
             match cpu {
                 None => {
                     total = Some((
-                        counters(&f, label)?,
+                        Counters::parse(&f, label)?,
                         num::<i64>(&f, label, "in_use")?,
                         optional(&f, label, "bad_free")?,
                     ));
                 }
                 Some(cpu) => {
-                    if cpus.insert(cpu, counters(&f, label)?).is_some() {
+                    if cpus.insert(cpu, Counters::parse(&f, label)?).is_some() {
                         bail!("two lines for CPU {cpu}");
                     }
                 }
@@ -293,67 +364,26 @@ pub fn poll(
     }
 }
 
-/// The reserve fields of the stats lines (patches/global-ma 0008, 0010):
-/// `prefill trim trim_objs reserved cached`, on every CPU line and the
-/// total line. `reserved` and `cached` are gauges.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReserveCounters {
-    pub prefill: u64,
-    pub trim: u64,
-    pub trim_objs: u64,
-    pub reserved: i64,
-    pub cached: i64,
-}
-
-impl fmt::Display for ReserveCounters {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "prefill {} trim {} trim_objs {} reserved {} cached {}",
-            self.prefill, self.trim, self.trim_objs, self.reserved, self.cached
-        )
+impl<C: Copy + Default> PerCpu<C> {
+    /// The group's fields of `cpu` (all zero for a CPU without a line).
+    pub fn cpu(&self, cpu: usize) -> C {
+        self.cpus.get(&cpu).copied().unwrap_or_default()
     }
-}
-
-/// The reserve fields of one reading of the stats file.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReserveStats {
-    pub cpus: BTreeMap<usize, ReserveCounters>,
-    pub total: ReserveCounters,
-}
-
-fn reserve_counters(f: &BTreeMap<&str, &str>, label: &str) -> Result<ReserveCounters> {
-    Ok(ReserveCounters {
-        prefill: num(f, label, "prefill")?,
-        trim: num(f, label, "trim")?,
-        trim_objs: num(f, label, "trim_objs")?,
-        reserved: num(f, label, "reserved")?,
-        cached: num(f, label, "cached")?,
-    })
 }
 
 impl ReserveStats {
     /// Parses the reserve fields of a stats file's text (the other
     /// fields are ignored: see `Stats::parse`).
     pub fn parse(text: &str) -> Result<ReserveStats> {
-        let (cpus, total) = by_cpu(text, reserve_counters)?;
-        Ok(ReserveStats { cpus, total })
-    }
-
-    /// The reserve fields of `cpu` (all zero for a CPU without a line).
-    pub fn cpu(&self, cpu: usize) -> ReserveCounters {
-        self.cpus.get(&cpu).copied().unwrap_or_default()
+        let (cpus, total) = by_cpu(text, ReserveCounters::parse)?;
+        Ok(PerCpu { cpus, total })
     }
 
     /// The total line is the sum of the CPU lines.
     pub fn inconsistencies(&self) -> Vec<String> {
         let mut sum = ReserveCounters::default();
         for c in self.cpus.values() {
-            sum.prefill = sum.prefill.wrapping_add(c.prefill);
-            sum.trim = sum.trim.wrapping_add(c.trim);
-            sum.trim_objs = sum.trim_objs.wrapping_add(c.trim_objs);
-            sum.reserved += c.reserved;
-            sum.cached += c.cached;
+            sum.add(c);
         }
         // cached is read without synchronization, line by line: only the
         // counters that move in process context are compared.
@@ -378,67 +408,12 @@ pub fn read_with_reserve() -> Result<(Stats, ReserveStats)> {
     Ok((s, r))
 }
 
-/// The busy-list and NMI fields of the stats lines (patches/global-ma
-/// 0013): `alloc_busy free_busy nmi_alloc nmi_alloc_fail nmi_free`, subsets
-/// of `alloc_fail`, `free`, `alloc`, `alloc_fail` and `free`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NmiCounters {
-    pub alloc_busy: u64,
-    pub free_busy: u64,
-    pub nmi_alloc: u64,
-    pub nmi_alloc_fail: u64,
-    pub nmi_free: u64,
-}
-
-impl NmiCounters {
-    /// `self - before`, field by field.
-    pub fn since(&self, before: &NmiCounters) -> NmiCounters {
-        NmiCounters {
-            alloc_busy: self.alloc_busy.wrapping_sub(before.alloc_busy),
-            free_busy: self.free_busy.wrapping_sub(before.free_busy),
-            nmi_alloc: self.nmi_alloc.wrapping_sub(before.nmi_alloc),
-            nmi_alloc_fail: self.nmi_alloc_fail.wrapping_sub(before.nmi_alloc_fail),
-            nmi_free: self.nmi_free.wrapping_sub(before.nmi_free),
-        }
-    }
-}
-
-impl fmt::Display for NmiCounters {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "alloc_busy {} free_busy {} nmi_alloc {} nmi_alloc_fail {} nmi_free {}",
-            self.alloc_busy, self.free_busy, self.nmi_alloc, self.nmi_alloc_fail, self.nmi_free
-        )
-    }
-}
-
-/// The NMI fields of one reading of the stats file, by CPU and in total.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NmiStats {
-    pub cpus: BTreeMap<usize, NmiCounters>,
-    pub total: NmiCounters,
-}
-
 impl NmiStats {
     /// Parses the NMI fields of a stats file's text (other fields are
     /// ignored).
     pub fn parse(text: &str) -> Result<NmiStats> {
-        let (cpus, total) = by_cpu(text, |f, label| {
-            Ok(NmiCounters {
-                alloc_busy: num(f, label, "alloc_busy")?,
-                free_busy: num(f, label, "free_busy")?,
-                nmi_alloc: num(f, label, "nmi_alloc")?,
-                nmi_alloc_fail: num(f, label, "nmi_alloc_fail")?,
-                nmi_free: num(f, label, "nmi_free")?,
-            })
-        })?;
-        Ok(NmiStats { cpus, total })
-    }
-
-    /// The NMI fields of `cpu` (all zero for a CPU without a line).
-    pub fn cpu(&self, cpu: usize) -> NmiCounters {
-        self.cpus.get(&cpu).copied().unwrap_or_default()
+        let (cpus, total) = by_cpu(text, NmiCounters::parse)?;
+        Ok(PerCpu { cpus, total })
     }
 }
 
@@ -577,6 +552,133 @@ total alloc 5 free 5 alloc_fail 2 refill 0 refill_objs 0 in_use 0 alloc_busy 1 f
         assert_eq!(later.cpu(0).since(&n.cpu(0)).nmi_alloc, 6);
         // a kernel without the NMI fields
         assert!(NmiStats::parse(SAMPLE).is_err());
+    }
+
+    #[test]
+    fn each_group_parses_its_own_fields_by_name() {
+        // Every field of every group, in reverse, each with its own value.
+        let names: Vec<&str> = Counters::FIELDS
+            .iter()
+            .chain(ReserveCounters::FIELDS)
+            .chain(NmiCounters::FIELDS)
+            .rev()
+            .copied()
+            .collect();
+        let value = |name: &str| names.iter().position(|&n| n == name).unwrap() as u64 + 100;
+        let pairs: Vec<String> = names.iter().map(|&n| format!("{n} {}", value(n))).collect();
+        let line = pairs.join(" ");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let f = fields("cpu0", &words).unwrap();
+
+        let c = Counters::parse(&f, "cpu0").unwrap();
+        assert_eq!(
+            [c.alloc, c.free, c.alloc_fail, c.refill, c.refill_objs],
+            ["alloc", "free", "alloc_fail", "refill", "refill_objs"].map(value)
+        );
+        let r = ReserveCounters::parse(&f, "cpu0").unwrap();
+        assert_eq!(
+            [r.prefill, r.trim, r.trim_objs],
+            ["prefill", "trim", "trim_objs"].map(value)
+        );
+        assert_eq!(
+            [r.reserved, r.cached],
+            ["reserved", "cached"].map(|n| value(n) as i64)
+        );
+        let m = NmiCounters::parse(&f, "cpu0").unwrap();
+        assert_eq!(
+            [
+                m.alloc_busy,
+                m.free_busy,
+                m.nmi_alloc,
+                m.nmi_alloc_fail,
+                m.nmi_free
+            ],
+            [
+                "alloc_busy",
+                "free_busy",
+                "nmi_alloc",
+                "nmi_alloc_fail",
+                "nmi_free"
+            ]
+            .map(value)
+        );
+
+        let text = format!("cpu0 {line}\ntotal {line}\n");
+        let nmi = NmiStats::parse(&text).unwrap();
+        assert_eq!((nmi.cpu(0), nmi.total), (m, m));
+        let res = ReserveStats::parse(&text).unwrap();
+        assert_eq!((res.cpu(0), res.total), (r, r));
+    }
+
+    #[test]
+    fn display_is_the_stats_line_format() {
+        let c = Counters {
+            alloc: 1,
+            free: 2,
+            alloc_fail: 3,
+            refill: 4,
+            refill_objs: 5,
+        };
+        assert_eq!(
+            c.to_string(),
+            "alloc 1 free 2 alloc_fail 3 refill 4 refill_objs 5"
+        );
+        let r = ReserveCounters {
+            reserved: -3,
+            ..ReserveCounters::default()
+        };
+        assert_eq!(
+            r.to_string(),
+            "prefill 0 trim 0 trim_objs 0 reserved -3 cached 0"
+        );
+        // What Display writes parses back to the same counters.
+        for text in [c.to_string(), r.to_string()] {
+            let words: Vec<&str> = text.split_whitespace().collect();
+            let f = fields("cpu0", &words).unwrap();
+            if let Ok(back) = Counters::parse(&f, "cpu0") {
+                assert_eq!(back, c);
+            } else {
+                assert_eq!(ReserveCounters::parse(&f, "cpu0").unwrap(), r);
+            }
+        }
+        assert_eq!(
+            Counters::default().since(&c).to_string(),
+            "alloc -1 free -2 alloc_fail -3 refill -4 refill_objs -5"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_bad_field_is_named() {
+        let f = fields("cpu2", &["alloc", "1", "free", "x"]).unwrap();
+        let e = format!("{:#}", Counters::parse(&f, "cpu2").unwrap_err());
+        assert_eq!(e, "line \"cpu2\": field free = \"x\" is not a number");
+        let f = fields("cpu2", &["alloc", "1", "free", "2"]).unwrap();
+        let e = format!("{:#}", Counters::parse(&f, "cpu2").unwrap_err());
+        assert_eq!(e, "line \"cpu2\": no field \"alloc_fail\"");
+        let f = fields("total", &["alloc_busy", "1"]).unwrap();
+        let e = format!("{:#}", NmiCounters::parse(&f, "total").unwrap_err());
+        assert_eq!(e, "line \"total\": no field \"free_busy\"");
+        let f = fields("cpu0", &["reserved", "-1", "prefill", "-1"]).unwrap();
+        assert!(
+            ReserveCounters::parse(&f, "cpu0").is_err(),
+            "prefill is unsigned"
+        );
+    }
+
+    #[test]
+    fn nmi_since_wraps_field_by_field() {
+        let a = NmiCounters {
+            nmi_alloc: 5,
+            ..NmiCounters::default()
+        };
+        let b = NmiCounters {
+            nmi_alloc: 7,
+            free_busy: 1,
+            ..NmiCounters::default()
+        };
+        assert_eq!(b.since(&a).nmi_alloc, 2);
+        assert_eq!(b.since(&a).free_busy, 1);
+        assert_eq!(a.since(&b).nmi_alloc, u64::MAX - 1);
     }
 
     #[test]
