@@ -48,7 +48,7 @@ pub struct PrefillAttr {
 }
 
 impl PrefillAttr {
-    pub fn new(size: u32, count: u32, flags: u32) -> PrefillAttr {
+    pub const fn new(size: u32, count: u32, flags: u32) -> PrefillAttr {
         PrefillAttr {
             map_type: BPF_MAP_TYPE_GLOBAL_MA_RESERVE,
             key_size: 0,

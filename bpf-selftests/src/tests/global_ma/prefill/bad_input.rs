@@ -13,25 +13,100 @@ use crate::runner::{Ctx, Outcome};
 use crate::sys::reserve::{self, errno_name, PrefillAttr, MAX_SIZE, RESERVE_MAX};
 use crate::tests::global_ma::finish;
 
-/// Expects `attr` (+ `tail`) to fail with `want` and leave the caches'
-/// watermarks and reserves and the reserve counters as they were.
-fn expect_err(
-    ctx: &Ctx<'_>,
-    checks: &mut Checks,
-    what: &str,
+/// A request the kernel must refuse: `attr` followed by `tail` (bytes
+/// after map_extra) fails with `errno`.
+struct Refused {
+    what: &'static str,
     attr: PrefillAttr,
-    tail: &[u8],
-    want: i32,
-) -> Result<()> {
-    expect_err_with(
-        ctx,
-        checks,
+    tail: &'static [u8],
+    errno: i32,
+}
+
+const fn refused(what: &'static str, attr: PrefillAttr, errno: i32) -> Refused {
+    Refused {
         what,
-        (attr, tail),
-        want,
-        Undone::Refused,
-        || reserve::prefill_raw(attr, tail),
-    )
+        attr,
+        tail: &[],
+        errno,
+    }
+}
+
+/// The requests refused on their own, in the order they are sent;
+/// `max_n` objects of OBJ_SIZE fill the per-CPU limit.
+fn refused_alone(max_n: u32) -> [Refused; 13] {
+    [
+        refused("size 0", attr(0, 10, 0), libc::EINVAL),
+        refused("count 0", attr(OBJ_SIZE, 0, 0), libc::EINVAL),
+        refused("size 0 count 0", attr(0, 0, 0), libc::EINVAL),
+        refused(
+            "size 4089 (> 4096 - 8)",
+            attr(MAX_SIZE + 1, 10, 0),
+            libc::EINVAL,
+        ),
+        refused("size 4097", attr(4097, 10, 0), libc::EINVAL),
+        refused("size u32::MAX", attr(u32::MAX, 10, 0), libc::EINVAL),
+        refused("flags 1", attr(OBJ_SIZE, 10, 1), libc::EINVAL),
+        refused(
+            "key_size 4",
+            PrefillAttr {
+                key_size: 4,
+                ..attr(OBJ_SIZE, 10, 0)
+            },
+            libc::EINVAL,
+        ),
+        refused(
+            "flags 0x80000000",
+            attr(OBJ_SIZE, 10, 1 << 31),
+            libc::EINVAL,
+        ),
+        Refused {
+            tail: &[0, 0, 0, 1],
+            ..refused(
+                "non-zero byte after map_extra",
+                attr(OBJ_SIZE, 10, 0),
+                libc::EINVAL,
+            )
+        },
+        refused(
+            "16 MiB / unit + 1 objects",
+            attr(OBJ_SIZE, max_n + 1, 0),
+            libc::E2BIG,
+        ),
+        refused("count u32::MAX", attr(OBJ_SIZE, u32::MAX, 0), libc::E2BIG),
+        refused("size 4088 count 4097", attr(MAX_SIZE, 4097, 0), libc::E2BIG),
+    ]
+}
+
+/// Refused on top of a live reservation of 3000 x 4088 bytes (3000 units
+/// of 4096 bytes).
+const REFUSED_STACKED: [Refused; 2] = [
+    refused("stacked above 16 MiB", attr(MAX_SIZE, 1097, 0), libc::E2BIG),
+    refused(
+        "stacked above 16 MiB, other size",
+        attr(OBJ_SIZE, 80_000, 0),
+        libc::E2BIG,
+    ),
+];
+
+/// Refused on top of a reservation of exactly the limit.
+const REFUSED_AT_LIMIT: Refused =
+    refused("one more object at the limit", attr(1, 1, 0), libc::E2BIG);
+
+/// Expects each request of `cases` to fail with its errno and leave the
+/// caches' watermarks and reserves and the reserve counters as they were.
+fn expect_refused(ctx: &Ctx<'_>, checks: &mut Checks, cases: &[Refused]) -> Result<()> {
+    for r in cases {
+        expect_err_with(
+            ctx,
+            checks,
+            r.what,
+            (r.attr, r.tail),
+            r.errno,
+            Undone::Refused,
+            || reserve::prefill_raw(r.attr, r.tail),
+        )?;
+    }
+    Ok(())
 }
 
 /// How far a failing prefill got before it failed.
@@ -44,7 +119,7 @@ enum Undone {
     Reservation,
 }
 
-/// `expect_err` for a prefill made by `call` (which may change the process
+/// `expect_refused` for a prefill made by `call` (which may change the process
 /// around the syscall and must undo that before it returns).
 fn expect_err_with(
     ctx: &Ctx<'_>,
@@ -150,7 +225,7 @@ const RACE_COUNT: u32 = 2560;
 /// BPF_MAP_TYPE_ARRAY in `enum bpf_map_type`.
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 
-fn attr(size: u32, count: u32, flags: u32) -> PrefillAttr {
+const fn attr(size: u32, count: u32, flags: u32) -> PrefillAttr {
     PrefillAttr::new(size, count, flags)
 }
 
@@ -248,78 +323,7 @@ pub fn global_ma_prefill_bad_input(ctx: &Ctx<'_>) -> Result<Outcome> {
     release(ctx, c, "prefill(32, 1)", vec![fd], &s0.caches)?;
     let max_n = (RESERVE_MAX / u64::from(unit)) as u32;
 
-    expect_err(ctx, c, "size 0", attr(0, 10, 0), &[], libc::EINVAL)?;
-    expect_err(ctx, c, "count 0", attr(OBJ_SIZE, 0, 0), &[], libc::EINVAL)?;
-    expect_err(ctx, c, "size 0 count 0", attr(0, 0, 0), &[], libc::EINVAL)?;
-    expect_err(
-        ctx,
-        c,
-        "size 4089 (> 4096 - 8)",
-        attr(MAX_SIZE + 1, 10, 0),
-        &[],
-        libc::EINVAL,
-    )?;
-    expect_err(ctx, c, "size 4097", attr(4097, 10, 0), &[], libc::EINVAL)?;
-    expect_err(
-        ctx,
-        c,
-        "size u32::MAX",
-        attr(u32::MAX, 10, 0),
-        &[],
-        libc::EINVAL,
-    )?;
-    expect_err(ctx, c, "flags 1", attr(OBJ_SIZE, 10, 1), &[], libc::EINVAL)?;
-    expect_err(
-        ctx,
-        c,
-        "key_size 4",
-        PrefillAttr {
-            key_size: 4,
-            ..attr(OBJ_SIZE, 10, 0)
-        },
-        &[],
-        libc::EINVAL,
-    )?;
-    expect_err(
-        ctx,
-        c,
-        "flags 0x80000000",
-        attr(OBJ_SIZE, 10, 1 << 31),
-        &[],
-        libc::EINVAL,
-    )?;
-    expect_err(
-        ctx,
-        c,
-        "non-zero byte after map_extra",
-        attr(OBJ_SIZE, 10, 0),
-        &[0, 0, 0, 1],
-        libc::EINVAL,
-    )?;
-    expect_err(
-        ctx,
-        c,
-        "16 MiB / unit + 1 objects",
-        attr(OBJ_SIZE, max_n + 1, 0),
-        &[],
-        libc::E2BIG,
-    )?;
-    expect_err(
-        ctx,
-        c,
-        "count u32::MAX",
-        attr(OBJ_SIZE, u32::MAX, 0),
-        &[],
-        libc::E2BIG,
-    )?;
-    expect_err(
-        ctx,
-        c,
-        "size 4088 count 4097",
-        attr(MAX_SIZE, 4097, 0),
-        &[],
-        libc::E2BIG,
-    )?;
+    expect_refused(ctx, c, &refused_alone(max_n))?;
 
     // Stacked above the limit: 3000 + 1097 objects of 4096 bytes > 16 MiB.
     let (big, took) = prefill_timed(MAX_SIZE, 3000)?;
@@ -327,22 +331,7 @@ pub fn global_ma_prefill_bad_input(ctx: &Ctx<'_>) -> Result<Outcome> {
         "prefill(4088, 3000): {:.1} ms",
         took.as_secs_f64() * 1e3
     ));
-    expect_err(
-        ctx,
-        c,
-        "stacked above 16 MiB",
-        attr(MAX_SIZE, 1097, 0),
-        &[],
-        libc::E2BIG,
-    )?;
-    expect_err(
-        ctx,
-        c,
-        "stacked above 16 MiB, other size",
-        attr(OBJ_SIZE, 80_000, 0),
-        &[],
-        libc::E2BIG,
-    )?;
+    expect_refused(ctx, c, &REFUSED_STACKED)?;
     release(ctx, c, "close(prefill(4088, 3000))", vec![big], &s0.caches)?;
 
     // Two requests that each fit under the cap but not together, at once:
@@ -392,14 +381,7 @@ pub fn global_ma_prefill_bad_input(ctx: &Ctx<'_>) -> Result<Outcome> {
         "prefill(4088, 4096), exactly 16 MiB per CPU: {:.1} ms",
         took.as_secs_f64() * 1e3
     ));
-    expect_err(
-        ctx,
-        c,
-        "one more object at the limit",
-        attr(1, 1, 0),
-        &[],
-        libc::E2BIG,
-    )?;
+    expect_refused(ctx, c, &[REFUSED_AT_LIMIT])?;
     release(
         ctx,
         c,
@@ -473,4 +455,46 @@ pub fn global_ma_prefill_bad_input(ctx: &Ctx<'_>) -> Result<Outcome> {
     finish(&mut checks, (), &start)?;
     checks.finish()?;
     Ok(Outcome::Pass)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes the request would reserve per CPU, None for a bad shape (the
+    /// kernel's EINVAL checks: size, count, flags, key_size, the tail).
+    fn bytes(r: &Refused) -> Option<u64> {
+        let a = r.attr;
+        if a.count == 0 || a.flags != 0 || a.key_size != 0 || r.tail.iter().any(|&b| b != 0) {
+            return None;
+        }
+        let unit = reserve::unit_size(a.size)?;
+        Some(u64::from(a.count) * u64::from(unit))
+    }
+
+    #[test]
+    fn each_case_is_refused_for_the_reason_its_errno_names() {
+        let unit = reserve::unit_size(OBJ_SIZE).unwrap();
+        let max_n = (RESERVE_MAX / u64::from(unit)) as u32;
+        let held = 3000 * u64::from(reserve::unit_size(MAX_SIZE).unwrap());
+        let alone = refused_alone(max_n);
+        let cases = alone
+            .iter()
+            .map(|r| (r, 0))
+            .chain(REFUSED_STACKED.iter().map(|r| (r, held)))
+            .chain([(&REFUSED_AT_LIMIT, RESERVE_MAX)]);
+        for (r, live) in cases {
+            match bytes(r) {
+                None => assert_eq!(r.errno, libc::EINVAL, "{}", r.what),
+                Some(b) => {
+                    assert_eq!(r.errno, libc::E2BIG, "{}", r.what);
+                    assert!(live + b > RESERVE_MAX, "{} fits", r.what);
+                }
+            }
+        }
+        let mut names: Vec<&str> = alone.iter().map(|r| r.what).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), alone.len());
+    }
 }
