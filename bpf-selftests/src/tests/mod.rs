@@ -16,6 +16,7 @@ mod baseline;
 mod faults;
 mod global_ma;
 mod hash_no_prealloc;
+mod pinned;
 
 use anyhow::{bail, Result};
 
