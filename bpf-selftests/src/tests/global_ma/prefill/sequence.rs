@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use libbpf_rs::Object;
 
 use super::ctl::{run_on, Cmd};
-use super::snap::{expect_conservation, expect_reserved, release, settled_snap, snap};
+use super::snap::{expect_conservation, expect_reserved, release, settled_snap, snap, Snap};
 use super::{
     begin, checked_unit, load, missing_reserves, online, prefill_timed, IRQ_WORK_GRACE, N, OBJECT,
     OBJ_SIZE, SLOTS,
@@ -54,24 +54,32 @@ pub(super) fn sequence(
         ));
     }
 
-    // N allocations: none fails
-    let a1 = run_on(obj, cpu, Cmd::Alloc, 0, n)?;
-    let s1 = snap(checks)?;
-    ctx.diag(format!(
-        "  allocs #1 done {} fails {}: {}",
-        a1.done,
-        a1.fails,
-        s1.describe(cpu, unit)
-    ));
-    checks.eq(format!("cpu{cpu}: allocs #1 done"), u64::from(n), a1.done);
-    checks.eq(format!("cpu{cpu}: allocs #1 failed"), 0, a1.fails);
-    expect_deltas(
-        checks,
-        &format!("cpu{cpu} allocs #1"),
-        &s0.stats,
-        &s1.stats,
-        &[(cpu, ni, 0)],
-    );
+    // N allocations (round #1, #2) from slot 0: none fails
+    let alloc_round = |checks: &mut Checks, round: u32, before: &Snap| -> Result<Snap> {
+        let a = run_on(obj, cpu, Cmd::Alloc, 0, n)?;
+        let after = snap(checks)?;
+        ctx.diag(format!(
+            "  allocs #{round} done {} fails {}: {}",
+            a.done,
+            a.fails,
+            after.describe(cpu, unit)
+        ));
+        checks.eq(
+            format!("cpu{cpu}: allocs #{round} done"),
+            u64::from(n),
+            a.done,
+        );
+        checks.eq(format!("cpu{cpu}: allocs #{round} failed"), 0, a.fails);
+        expect_deltas(
+            checks,
+            &format!("cpu{cpu} allocs #{round}"),
+            &before.stats,
+            &after.stats,
+            &[(cpu, ni, 0)],
+        );
+        Ok(after)
+    };
+    let s1 = alloc_round(checks, 1, &s0)?;
 
     // N frees: back to the reserve, not to the slab
     let f = run_on(obj, cpu, Cmd::Free, 0, n)?;
@@ -115,23 +123,7 @@ pub(super) fn sequence(
     }
 
     // N allocations again: none fails
-    let a2 = run_on(obj, cpu, Cmd::Alloc, 0, n)?;
-    let s3 = snap(checks)?;
-    ctx.diag(format!(
-        "  allocs #2 done {} fails {}: {}",
-        a2.done,
-        a2.fails,
-        s3.describe(cpu, unit)
-    ));
-    checks.eq(format!("cpu{cpu}: allocs #2 done"), u64::from(n), a2.done);
-    checks.eq(format!("cpu{cpu}: allocs #2 failed"), 0, a2.fails);
-    expect_deltas(
-        checks,
-        &format!("cpu{cpu} allocs #2"),
-        &s2.stats,
-        &s3.stats,
-        &[(cpu, ni, 0)],
-    );
+    let s3 = alloc_round(checks, 2, &s2)?;
 
     // one more: may fail, must be counted
     let x = run_on(obj, cpu, Cmd::Alloc, n, 1)?;
