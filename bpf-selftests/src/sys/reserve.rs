@@ -16,6 +16,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use anyhow::{Context, Result};
 
 use super::fdinfo;
+use crate::poll::poll;
 
 /// `BPF_MAP_CREATE` in `enum bpf_cmd`.
 pub const BPF_MAP_CREATE: libc::c_long = 0;
@@ -182,19 +183,14 @@ pub fn close_and_wait(fd: OwnedFd, back_to: u64) -> Result<std::time::Duration> 
 /// Waits (10 s at most) until the total `reserved` is `want`.
 pub fn wait_reserved_total(want: u64) -> Result<()> {
     const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-    let start = std::time::Instant::now();
-    loop {
-        let now = reserved_total()?;
-        if now == want {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            start.elapsed() < TIMEOUT,
-            "reserved still {now}, not {want}, {TIMEOUT:?} after the last reservation map \
-             was closed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    const INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+    let (now, done, _) = poll(TIMEOUT, INTERVAL, reserved_total, |&now| now == want)?;
+    anyhow::ensure!(
+        done,
+        "reserved still {now}, not {want}, {TIMEOUT:?} after the last reservation map \
+         was closed"
+    );
+    Ok(())
 }
 
 /// The size class serving `size` bytes (header included), as the kernel's

@@ -14,8 +14,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
-use std::thread;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -341,26 +339,6 @@ impl Stats {
             .chain(before.cpus.keys())
             .map(|&c| (c, self.cpu(c).since(&before.cpu(c))))
             .collect()
-    }
-}
-
-/// Polls the stats every `interval` until `done` holds or `timeout` passes.
-/// Returns the last reading, whether `done` held, and the time it took.
-pub fn poll(
-    timeout: Duration,
-    interval: Duration,
-    mut done: impl FnMut(&Stats) -> bool,
-) -> Result<(Stats, bool, Duration)> {
-    let start = Instant::now();
-    loop {
-        let s = Stats::read()?;
-        if done(&s) {
-            return Ok((s, true, start.elapsed()));
-        }
-        if start.elapsed() >= timeout {
-            return Ok((s, false, start.elapsed()));
-        }
-        thread::sleep(interval);
     }
 }
 

@@ -47,6 +47,7 @@ pub use stress::global_ma_concurrent;
 
 use crate::check::Checks;
 use crate::ktap;
+use crate::poll::poll;
 use crate::runner::{Ctx, Outcome};
 use crate::sys::bpf::{self, Pod};
 use crate::sys::btf_tags;
@@ -267,7 +268,9 @@ pub fn expect_prog_delta(
 /// got there, and how long it took.
 pub fn drop_and_settle<T>(what_to_drop: T, in_use: i64) -> Result<(Stats, bool, Duration)> {
     drop(what_to_drop);
-    stats::poll(SETTLE_TIMEOUT, POLL_INTERVAL, |s| s.in_use == in_use)
+    poll(SETTLE_TIMEOUT, POLL_INTERVAL, Stats::read, |s| {
+        s.in_use == in_use
+    })
 }
 
 /// The usual end of a test: release everything, wait for in_use to come

@@ -6,6 +6,7 @@ use libbpf_rs::MapCore;
 
 use super::{check_new_obj, Kind, KptrObj, Op, OBJECT, STASH};
 use crate::check::Checks;
+use crate::poll::poll;
 use crate::runner::{Ctx, Outcome};
 use crate::sys::affinity;
 use crate::sys::cpu;
@@ -124,14 +125,9 @@ const ORPHANS: u32 = 3;
 /// Polls `outstanding` until `done` holds (or SETTLE_TIMEOUT); returns the
 /// last listing.
 fn poll_outstanding(done: impl Fn(&[Outstanding]) -> bool) -> Result<Vec<Outstanding>> {
-    let start = std::time::Instant::now();
-    loop {
-        let listed = outstanding::read()?.unwrap_or_default();
-        if done(&listed) || start.elapsed() > SETTLE_TIMEOUT {
-            return Ok(listed);
-        }
-        std::thread::sleep(POLL_INTERVAL);
-    }
+    let read = || Ok(outstanding::read()?.unwrap_or_default());
+    let (listed, _, _) = poll(SETTLE_TIMEOUT, POLL_INTERVAL, read, |l: &Vec<_>| done(l))?;
+    Ok(listed)
 }
 
 /// The debug mode's owners (0016): a program that goes away while a map

@@ -31,14 +31,14 @@ mod stress;
 
 use std::fs;
 use std::os::fd::OwnedFd;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::{Link, MapCore, MapFlags, Object};
 
 use super::{attach, open, quiet_stats, trigger, write_global};
 use crate::check::Checks;
+use crate::poll::poll;
 use crate::runner::{Ctx, Outcome};
 use crate::sys::affinity;
 use crate::sys::bpf::{self, Pod};
@@ -226,19 +226,18 @@ fn expect_clean_nmi_runs(checks: &mut Checks, cpu: usize, p: &Counts, nmis: u64)
 /// Polls the caches until every CPU's free list of the test objects' class
 /// is at its low watermark again.
 fn wait_low_watermark(cpus: &[usize]) -> Result<(Caches, bool, Duration)> {
-    let start = Instant::now();
-    loop {
-        let c = Caches::read()?;
-        let ok = cpus.iter().all(|&cpu| {
-            c.get(cpu, UNIT)
-                .map(|l| l.free_cnt >= l.low)
-                .unwrap_or(false)
-        });
-        if ok || start.elapsed() > REFILL_TIMEOUT {
-            return Ok((c, ok, start.elapsed()));
-        }
-        thread::sleep(Duration::from_millis(2));
-    }
+    poll(
+        REFILL_TIMEOUT,
+        Duration::from_millis(2),
+        Caches::read,
+        |c| {
+            cpus.iter().all(|&cpu| {
+                c.get(cpu, UNIT)
+                    .map(|l| l.free_cnt >= l.low)
+                    .unwrap_or(false)
+            })
+        },
+    )
 }
 
 fn free_cnt(c: &Caches, cpu: usize) -> Result<i64> {

@@ -10,11 +10,12 @@ use super::{
     begin, checked_unit, missing_reserves, online, prefill_timed, OBJECT, RELEASE_TIMEOUT,
 };
 use crate::check::Checks;
+use crate::poll::poll;
 use crate::runner::{Ctx, Outcome};
 use crate::sys::affinity;
 use crate::sys::fail_page_alloc;
 use crate::sys::reserve::{self, errno_name, MAX_SIZE};
-use crate::sys::stats;
+use crate::sys::stats::Stats;
 use crate::tests::global_ma::{finish, POLL_INTERVAL};
 
 /// The reservation `global_ma_prefill_enomem` asks for: 4088-byte objects
@@ -112,8 +113,9 @@ pub fn global_ma_prefill_enomem(ctx: &Ctx<'_>) -> Result<Outcome> {
         checks.eq(format!("ENOMEM: cpu{cpu} prefill"), b.prefill, a.prefill);
         checks.eq(format!("ENOMEM: cpu{cpu} reserved"), b.reserved, a.reserved);
     }
-    let (st, ok, waited) =
-        stats::poll(RELEASE_TIMEOUT, POLL_INTERVAL, |s| s.in_use == start.in_use)?;
+    let (st, ok, waited) = poll(RELEASE_TIMEOUT, POLL_INTERVAL, Stats::read, |s| {
+        s.in_use == start.in_use
+    })?;
     ctx.diag(format!(
         "after ENOMEM: reserved {} -> {}, prefill {} -> {}, in_use {} -> {} ({:.1} ms)",
         before.res.total.reserved,

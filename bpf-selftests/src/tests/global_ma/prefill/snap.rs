@@ -2,13 +2,13 @@
 //! checks the prefill tests make between two of them, including the waits
 //! for a reservation map's deferred release.
 
-use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use super::RELEASE_TIMEOUT;
 use crate::check::Checks;
+use crate::poll::poll;
 use crate::runner::Ctx;
 use crate::sys::caches::{self, Caches};
 use crate::sys::stats::{self, ReserveStats, Stats};
@@ -117,39 +117,30 @@ pub(super) fn expect_conservation(checks: &mut Checks, what: &str, before: &Snap
 /// last reading, which expect_conservation then reports (free lists still
 /// above high are reported here).
 pub(super) fn settled_snap(checks: &mut Checks, before: &Snap) -> Result<Snap> {
-    let start = Instant::now();
-    loop {
+    let read = || -> Result<Snap> {
         let caches = Caches::read()?;
         let (stats, res) = stats::read_with_reserve()?;
-        let s = Snap { stats, res, caches };
-        let trimmed = above_high(&s.caches).next().is_none();
-        let balanced = conservation(before, &s).iter().all(|&(_, w, g)| w == g);
-        let timed_out = start.elapsed() >= RELEASE_TIMEOUT;
-        if (trimmed && balanced) || timed_out {
-            report_inconsistencies(checks, &s.stats, &s.res);
-            if !trimmed {
-                for bad in above_high(&s.caches) {
-                    checks.fail(format!("not trimmed within {RELEASE_TIMEOUT:?}: {bad}"));
-                }
-            }
-            return Ok(s);
+        Ok(Snap { stats, res, caches })
+    };
+    let trimmed = |s: &Snap| above_high(&s.caches).next().is_none();
+    let (s, _, _) = poll(RELEASE_TIMEOUT, POLL_INTERVAL, read, |s| {
+        trimmed(s) && conservation(before, s).iter().all(|&(_, w, g)| w == g)
+    })?;
+    report_inconsistencies(checks, &s.stats, &s.res);
+    if !trimmed(&s) {
+        for bad in above_high(&s.caches) {
+            checks.fail(format!("not trimmed within {RELEASE_TIMEOUT:?}: {bad}"));
         }
-        thread::sleep(POLL_INTERVAL);
     }
+    Ok(s)
 }
 
 /// Polls the caches until every line has the watermarks and reserve of
 /// `defaults` and no free list is above its high watermark.
 pub(super) fn wait_defaults(defaults: &Caches) -> Result<(Caches, bool, Duration)> {
-    let start = Instant::now();
-    loop {
-        let c = Caches::read()?;
-        let ok = c.marks_changed(defaults).is_empty() && above_high(&c).next().is_none();
-        if ok || start.elapsed() >= RELEASE_TIMEOUT {
-            return Ok((c, ok, start.elapsed()));
-        }
-        thread::sleep(POLL_INTERVAL);
-    }
+    poll(RELEASE_TIMEOUT, POLL_INTERVAL, Caches::read, |c| {
+        c.marks_changed(defaults).is_empty() && above_high(c).next().is_none()
+    })
 }
 
 /// A snapshot once every CPU's `reserved` is `objects` below `before`'s and
@@ -158,19 +149,15 @@ pub(super) fn wait_defaults(defaults: &Caches) -> Result<(Caches, bool, Duration
 /// unreserve runs from a workqueue. Gives up after RELEASE_TIMEOUT and
 /// returns the last reading, which the caller's checks then judge.
 pub(super) fn unreserved_snap(checks: &mut Checks, before: &Snap, objects: i64) -> Result<Snap> {
-    let start = Instant::now();
-    loop {
-        let (_, res) = stats::read_with_reserve()?;
-        let done = before
+    let reserve = || stats::read_with_reserve().map(|(_, res)| res);
+    poll(RELEASE_TIMEOUT, POLL_INTERVAL, reserve, |res| {
+        before
             .res
             .cpus
             .iter()
-            .all(|(&cpu, b)| res.cpu(cpu).reserved == b.reserved - objects);
-        if done || start.elapsed() >= RELEASE_TIMEOUT {
-            return snap(checks);
-        }
-        thread::sleep(POLL_INTERVAL);
-    }
+            .all(|(&cpu, b)| res.cpu(cpu).reserved == b.reserved - objects)
+    })?;
+    snap(checks)
 }
 
 /// Closes `fds`, then checks that the caches come back to `defaults`.
