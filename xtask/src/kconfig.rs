@@ -55,27 +55,31 @@ fn named_fragments(ctx: &Ctx) -> Result<Vec<(String, PathBuf)>> {
     }
     names
         .into_iter()
-        .map(|n| {
-            if n.contains('/') {
-                let p = std::path::absolute(&n).with_context(|| format!("--config {n}"))?;
-                let stem = p
-                    .file_stem()
-                    .map_or_else(|| n.clone(), |s| s.to_string_lossy().into_owned());
-                return if p.is_file() {
-                    Ok((stem, p))
-                } else {
-                    bail!("--config {n}: no such file")
-                };
-            }
-            let p = ctx.repo.join("kconfigs").join(format!("{n}.config"));
-            if p.is_file() {
-                Ok((n, p))
-            } else {
-                let known = known_fragments(&ctx.repo).join(", ");
-                bail!("--config {n}: no kconfigs/{n}.config (known: {known})")
-            }
-        })
+        .map(|n| fragment_path(&ctx.repo, &n))
         .collect()
+}
+
+/// A fragment's name and file: `NAME` is `kconfigs/NAME.config`, a name with
+/// a `/` is a path.
+pub fn fragment_path(repo: &Path, n: &str) -> Result<(String, PathBuf)> {
+    if n.contains('/') {
+        let p = std::path::absolute(n).with_context(|| format!("--config {n}"))?;
+        let stem = p
+            .file_stem()
+            .map_or_else(|| n.to_string(), |s| s.to_string_lossy().into_owned());
+        return if p.is_file() {
+            Ok((stem, p))
+        } else {
+            bail!("--config {n}: no such file")
+        };
+    }
+    let p = repo.join("kconfigs").join(format!("{n}.config"));
+    if p.is_file() {
+        Ok((n.to_string(), p))
+    } else {
+        let known = known_fragments(repo).join(", ");
+        bail!("--config {n}: no kconfigs/{n}.config (known: {known})")
+    }
 }
 
 fn known_fragments(repo: &Path) -> Vec<String> {

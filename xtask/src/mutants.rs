@@ -6,6 +6,7 @@
 //! each replaces one exact text, found exactly once, in one file the named
 //! patch touches.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,10 @@ pub struct Mutant {
     /// Exact text that must occur exactly once in `file`.
     pub find: String,
     pub replace: String,
+    /// Config fragments (`kconfigs/NAME.config`) on top of the run's, for a
+    /// claim that only shows in such a kernel (e.g. `preempt`).
+    #[serde(default)]
+    pub config: Vec<String>,
 }
 
 /// A mutant with the series patch it names resolved.
@@ -97,6 +102,8 @@ struct Record<'a> {
     name: &'a str,
     patch: &'a str,
     claim: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    config: &'a [String],
     #[serde(flatten)]
     outcome: Outcome,
     seconds: f64,
@@ -106,7 +113,9 @@ struct Record<'a> {
 #[derive(Serialize)]
 struct MutantsFile<'a> {
     series: &'a str,
-    baseline_run_dir: &'a Path,
+    /// The unmutated series' run, per config set the mutants asked for
+    /// (`default`: the run's own configs).
+    baseline_run_dirs: BTreeMap<String, &'a Path>,
     total_seconds: f64,
     killed: usize,
     of: usize,
@@ -151,6 +160,10 @@ fn resolve(series: &Series, mutants: Vec<Mutant>) -> Result<Vec<Declared>> {
         }
         if m.find.is_empty() {
             bail!("mutant `{}`: `find` is empty", m.name);
+        }
+        for c in &m.config {
+            crate::kconfig::fragment_path(&crate::context::repo_root(), c)
+                .with_context(|| format!("mutant `{}`: config `{c}`", m.name))?;
         }
         let matching: Vec<&PathBuf> = series
             .patches
@@ -299,35 +312,43 @@ pub fn run(f: MutantsFlags) -> Result<i32> {
     boot.filter = None;
     boot.append.push(FAIL_FAST.to_string());
 
-    // The series itself must pass, or every mutant is "killed" for nothing.
-    eprintln!("[mutants] baseline: the series unmutated");
-    let base = judge(&p, &boot, p.imaged()?, Instant::now())?;
-    if !base.passed {
-        bail!(
-            "the unmutated series fails ({}); run dir {}: fix that before testing mutants",
-            base.verdict,
-            base.run_dir.display()
-        );
-    }
     let out_dir = crate::results::new_stamped_dir(&p.ctx.work.join("mutants"), &series.name)?;
-    // After each mutant, so that an interrupted run keeps what it found.
-    let save = |interrupted: Option<&str>, records: &[Record]| {
-        write_results(&out_dir, &series.name, &base, started, interrupted, records)
-    };
+    // One pipeline per `config:` set, each with the unmutated series as its
+    // baseline: it must pass, or every mutant is "killed" for nothing.
+    let mut baselines: BTreeMap<Vec<String>, (Pipeline, Summary)> = BTreeMap::new();
     let mut records: Vec<Record> = Vec::new();
     let mut interrupted = None;
     for (i, d) in selected.iter().enumerate() {
         let m = &d.mutant;
+        if !baselines.contains_key(&m.config) {
+            let cp = p.with_configs(&m.config)?;
+            eprintln!(
+                "[mutants] baseline: the series unmutated{}",
+                config_label(&m.config)
+            );
+            let base = judge(&cp, &boot, cp.imaged()?, Instant::now())?;
+            if !base.passed {
+                bail!(
+                    "the unmutated series fails{} ({}); run dir {}: fix that before testing mutants",
+                    config_label(&m.config),
+                    base.verdict,
+                    base.run_dir.display()
+                );
+            }
+            baselines.insert(m.config.clone(), (cp, base));
+        }
+        let (cp, _) = &baselines[&m.config];
         eprintln!(
-            "[mutants] {}/{}: {} ({}: {})",
+            "[mutants] {}/{}: {}{} ({}: {})",
             i + 1,
             selected.len(),
             m.name,
+            config_label(&m.config),
             d.number(),
             m.claim
         );
         let t0 = Instant::now();
-        let result = run_one(&p, &boot, &tree.path, m);
+        let result = run_one(cp, &boot, &tree.path, m);
         let dirt = tree_dirt(&tree.path)?;
         if !dirt.is_empty() {
             bail!(
@@ -362,13 +383,22 @@ pub fn run(f: MutantsFlags) -> Result<i32> {
             name: &m.name,
             patch: &d.patch_file,
             claim: &m.claim,
+            config: &m.config,
             outcome,
             seconds: secs,
             run_dir,
         });
-        save(interrupted, &records)?;
+        // After each mutant, so that an interrupted run keeps what it found.
+        write_results(&out_dir, &series.name, &baselines, started, None, &records)?;
     }
-    save(interrupted, &records)?;
+    write_results(
+        &out_dir,
+        &series.name,
+        &baselines,
+        started,
+        interrupted,
+        &records,
+    )?;
     let killed = killed(&records);
     println!(
         "mutants: {killed} of {} killed ({} selected) in {}; results {}",
@@ -383,17 +413,36 @@ pub fn run(f: MutantsFlags) -> Result<i32> {
     Ok(if killed == records.len() { 0 } else { 1 })
 }
 
+/// ` (config: preempt)` for a mutant that needs configs, else nothing.
+fn config_label(config: &[String]) -> String {
+    if config.is_empty() {
+        String::new()
+    } else {
+        format!(" (config: {})", config.join("+"))
+    }
+}
+
 fn write_results(
     dir: &Path,
     series: &str,
-    base: &Summary,
+    baselines: &BTreeMap<Vec<String>, (Pipeline, Summary)>,
     started: Instant,
     interrupted_during: Option<&str>,
     records: &[Record],
 ) -> Result<()> {
     let file = MutantsFile {
         series,
-        baseline_run_dir: &base.run_dir,
+        baseline_run_dirs: baselines
+            .iter()
+            .map(|(config, (_, base))| {
+                let key = if config.is_empty() {
+                    "default".to_string()
+                } else {
+                    config.join("+")
+                };
+                (key, base.run_dir.as_path())
+            })
+            .collect(),
         total_seconds: started.elapsed().as_secs_f64(),
         killed: killed(records),
         of: records.len(),
@@ -535,6 +584,7 @@ mod tests {
             file: file.into(),
             find: "x".into(),
             replace: "y".into(),
+            config: vec![],
         };
         let ok = resolve(&series, vec![m("one", "0002", "kernel/b.c")]).unwrap();
         assert_eq!(ok[0].patch_file, "0002-b.patch");
@@ -548,6 +598,9 @@ mod tests {
         ])
         .contains("twice"));
         assert!(err(vec![m("has space", "0001", "kernel/a.c")]).contains("without spaces"));
+        let mut unknown = m("one", "0001", "kernel/a.c");
+        unknown.config = vec!["no-such-fragment".into()];
+        assert!(err(vec![unknown]).contains("no kconfigs/no-such-fragment.config"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -37,6 +37,19 @@ impl Pipeline {
         })
     }
 
+    /// The same pipeline with extra config fragments, in a build dir of
+    /// its own, under this pipeline's work-dir lock.
+    pub fn with_configs(&self, extra: &[String]) -> Result<Pipeline> {
+        let mut common = self.ctx.common.clone();
+        common.configs.extend(extra.iter().cloned());
+        Ok(Pipeline {
+            ctx: Ctx::new(common)?,
+            as_is: self.as_is,
+            check: self.check,
+            _lock: None,
+        })
+    }
+
     /// The series name in reports: `--tree` builds the user's tree as it is.
     pub fn series_name(&self) -> String {
         if self.ctx.common.tree.is_some() {
