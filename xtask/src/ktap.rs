@@ -5,6 +5,9 @@
 //!
 //! # The contract with the guest runner
 //!
+//! Each line kind is written and classified by `rig_contract::ktap`; this
+//! module builds the tests from those lines.
+//!
 //! ```text
 //! KTAP version 1
 //! 1..N
@@ -75,6 +78,7 @@
 //! subtest's name.
 
 use regex::Regex;
+use rig_contract::ktap::{classify, directive, Directive, Line};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -210,130 +214,13 @@ pub fn parse(input: &str) -> Report {
     parser.finish()
 }
 
-// ---------------------------------------------------------------------------
-// Line classification: one regex per line kind.
-
-struct Patterns {
-    /// `[   12.345678] ` kernel timestamp, optional `[  T123]` caller id.
-    prefix: Regex,
-    version: Regex,
-    plan: Regex,
-    result: Regex,
-    bail_out: Regex,
-    subtest: Regex,
-    start: Regex,
-    plan_names: Regex,
-    duration: Regex,
-    diagnostic: Regex,
-    skip: Regex,
-}
-
-fn patterns() -> &'static Patterns {
-    static P: OnceLock<Patterns> = OnceLock::new();
+/// `[   12.345678] ` kernel timestamp, optional `[  T123]` caller id: the
+/// prefix of lines that went through the kernel's console.
+fn prefix() -> &'static Regex {
+    static P: OnceLock<Regex> = OnceLock::new();
     P.get_or_init(|| {
-        let re = |s: &str| Regex::new(s).expect("built-in regex");
-        Patterns {
-            prefix: re(r"^(?:<\d+>)?\[\s*\d+\.\d+\]\s?(?:\[\s*[TC]\d+\]\s?)?"),
-            version: re(r"^(?:KTAP|TAP) version \d+$"),
-            plan: re(r"^1\.\.(\d+)(?:\s*#.*)?$"),
-            result: re(r"^(not ok|ok)(?:\s+(\d+))?(?:\s+-)?(?:\s+(.*))?$"),
-            bail_out: re(r"^Bail out!\s*(.*)$"),
-            subtest: re(r"^#\s*Subtest:\s*(.*)$"),
-            start: re(r"^#\s*start:\s*(\S.*)$"),
-            plan_names: re(r"^#\s*plan:\s*(.*)$"),
-            duration: re(r"^#\s*duration_ms:\s*(\d+)$"),
-            diagnostic: re(r"^#(?:[ \t](.*))?$"),
-            skip: re(r"(?i)^(skip|todo)\b\s*(.*)$"),
-        }
+        Regex::new(r"^(?:<\d+>)?\[\s*\d+\.\d+\]\s?(?:\[\s*[TC]\d+\]\s?)?").expect("built-in regex")
     })
-}
-
-#[derive(Debug)]
-enum Line<'a> {
-    Version(&'a str),
-    Plan(usize),
-    Result {
-        ok: bool,
-        number: Option<usize>,
-        name: String,
-        directive: Option<String>,
-    },
-    BailOut(&'a str),
-    Subtest(&'a str),
-    Start(&'a str),
-    PlanNames(Vec<String>),
-    Duration(u64),
-    Diagnostic(&'a str),
-    Other,
-}
-
-impl Line<'_> {
-    /// Structural lines close the nested blocks indented deeper than they are.
-    fn is_structural(&self) -> bool {
-        !matches!(self, Line::Diagnostic(_) | Line::Other | Line::BailOut(_))
-    }
-}
-
-/// `content` is the line without prefix and surrounding whitespace.
-fn classify(content: &str) -> Line<'_> {
-    let p = patterns();
-    let group = |re: &Regex, i: usize| {
-        re.captures(content)
-            .and_then(|c| c.get(i).map(|m| m.as_str()))
-    };
-    if content.starts_with('#') {
-        if let Some(name) = group(&p.subtest, 1) {
-            return Line::Subtest(name.trim());
-        }
-        if let Some(name) = group(&p.start, 1) {
-            return Line::Start(name.trim());
-        }
-        if let Some(names) = group(&p.plan_names, 1) {
-            return Line::PlanNames(names.split_whitespace().map(String::from).collect());
-        }
-        if let Some(ms) = group(&p.duration, 1).and_then(|d| d.parse().ok()) {
-            return Line::Duration(ms);
-        }
-        if p.diagnostic.is_match(content) {
-            return Line::Diagnostic(group(&p.diagnostic, 1).unwrap_or("").trim_end());
-        }
-        // e.g. the kernel's "#PF: supervisor read access in kernel mode"
-        return Line::Other;
-    }
-    if content.starts_with("ok") || content.starts_with("not ok") {
-        if let Some(c) = p.result.captures(content) {
-            let ok = &c[1] == "ok";
-            // A number too big for usize is part of the name instead.
-            let number = c.get(2).and_then(|m| m.as_str().parse().ok());
-            let mut rest = String::new();
-            if let (None, Some(m)) = (number, c.get(2)) {
-                rest.push_str(m.as_str());
-                rest.push(' ');
-            }
-            rest.push_str(c.get(3).map_or("", |m| m.as_str()));
-            // Like kunit_parser: the description runs up to the first '#'.
-            let (name, directive) = match rest.split_once('#') {
-                Some((n, d)) => (n, Some(d.trim().to_string())),
-                None => (rest.as_str(), None),
-            };
-            return Line::Result {
-                ok,
-                number,
-                name: name.trim().to_string(),
-                directive,
-            };
-        }
-    }
-    if p.version.is_match(content) {
-        return Line::Version(content);
-    }
-    if let Some(n) = group(&p.plan, 1).and_then(|n| n.parse().ok()) {
-        return Line::Plan(n);
-    }
-    if let Some(reason) = group(&p.bail_out, 1) {
-        return Line::BailOut(reason.trim());
-    }
-    Line::Other
 }
 
 /// Indentation in columns, a tab counting 4 (older KUnit indented with tabs).
@@ -555,8 +442,7 @@ struct Parser {
 
 impl Parser {
     fn line(&mut self, raw: &str, last_unterminated: bool) {
-        let p = patterns();
-        let text = match p.prefix.find(raw) {
+        let text = match prefix().find(raw) {
             Some(m) => &raw[m.end()..],
             None => raw,
         };
@@ -788,24 +674,14 @@ impl Parser {
         }
 
         let mut diagnostics = std::mem::take(&mut top.pending);
-        let (status, skip_reason) = match directive.as_deref() {
-            Some(d) => match patterns().skip.captures(d) {
-                Some(c) => {
-                    let reason = c[2].trim();
-                    let reason = if c[1].eq_ignore_ascii_case("todo") {
-                        Some(format!("TODO {reason}").trim_end().to_string())
-                    } else {
-                        (!reason.is_empty()).then(|| reason.to_string())
-                    };
-                    (Status::Skipped, reason)
+        let (status, skip_reason) = match directive.as_deref().map(|d| (d, self::directive(d))) {
+            Some((_, Directive::Skip(reason))) => (Status::Skipped, reason),
+            Some((d, Directive::Other)) => {
+                if !d.is_empty() {
+                    diagnostics.push(format!("directive: {d}"));
                 }
-                None => {
-                    if !d.is_empty() {
-                        diagnostics.push(format!("directive: {d}"));
-                    }
-                    (if ok { Status::Passed } else { Status::Failed }, None)
-                }
-            },
+                (if ok { Status::Passed } else { Status::Failed }, None)
+            }
             None => (if ok { Status::Passed } else { Status::Failed }, None),
         };
         let result = TestResult {
@@ -965,6 +841,54 @@ mod tests {
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         assert!(r.all_passed());
         assert_eq!(r.running(), None);
+    }
+
+    /// What the guest runner writes (through rig_contract's writers, as
+    /// bpf-selftests/src/ktap.rs and kernel_suites/mod.rs do) reads back as
+    /// the tests it wrote.
+    #[test]
+    fn stream_written_by_the_contract_reads_back() {
+        use rig_contract::ktap as w;
+        let mut lines: Vec<String> = w::header(&["a", "b", "c", "test_progs:hashmap"]).into();
+        lines.push(w::start("a"));
+        lines.extend(w::diag("first\n\nthird"));
+        lines.push(rig_contract::request::inject_nmi_line());
+        lines.push(w::duration(5));
+        lines.push(w::result(1, "a", w::Verdict::Pass));
+        lines.push(w::start("b"));
+        lines.push(w::duration(6));
+        lines.push(w::result(2, "b", w::Verdict::Skip("no BTF\nsecond line")));
+        lines.push(w::start("c"));
+        lines.push(w::result(3, "c", w::Verdict::Fail));
+        lines.push(w::start("test_progs:hashmap"));
+        lines.extend(w::subtest_header("test_progs:hashmap"));
+        lines.push(w::nested(&w::result(1, "generic", w::Verdict::Pass)));
+        lines.push(w::nested(&w::result(2, "multimap", w::Verdict::Fail)));
+        lines.push(w::duration(7));
+        lines.push(w::result(4, "test_progs:hashmap", w::Verdict::Fail));
+        let r = parse(&(lines.join("\n") + "\n"));
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert_eq!(r.version.as_deref(), Some(w::VERSION));
+        assert_eq!(r.planned, Some(4));
+        assert_eq!(
+            names(&r),
+            [
+                ("a", Status::Passed),
+                ("b", Status::Skipped),
+                ("c", Status::Failed),
+                ("test_progs:hashmap.generic", Status::Passed),
+                ("test_progs:hashmap.multimap", Status::Failed)
+            ]
+        );
+        let a = test(&r, "a");
+        assert_eq!(a.diagnostics, ["first", "", "third", "rig: inject-nmi"]);
+        assert_eq!(a.duration_ms, Some(5));
+        assert_eq!(test(&r, "b").skip_reason.as_deref(), Some("no BTF"));
+        assert_eq!(test(&r, "b").duration_ms, Some(6));
+        assert_eq!(
+            rig_contract::request::count_inject_nmi(&lines.join("\n")),
+            1
+        );
     }
 
     #[test]

@@ -22,8 +22,6 @@ use crate::progress::fmt_secs;
 use crate::test::{boot_and_judge, Summary};
 
 pub const FILE: &str = "mutants.yaml";
-/// The guest runner's word for stopping at the first failing test.
-const FAIL_FAST: &str = "rig.failfast";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -297,7 +295,9 @@ pub fn run(f: MutantsFlags) -> Result<i32> {
     }
     let mut boot = f.boot.clone();
     boot.filter = None;
-    boot.append.push(FAIL_FAST.to_string());
+    // The guest stops at the first failing test.
+    boot.append
+        .push(rig_contract::cmdline::Word::FailFast.word());
 
     // The series itself must pass, or every mutant is "killed" for nothing.
     eprintln!("[mutants] baseline: the series unmutated");

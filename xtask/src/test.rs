@@ -144,7 +144,7 @@ pub fn boot(
     let run_dir = results::new_run_dir(&p.ctx.work, label)?;
     let mut cmdline = extra_cmdline.to_vec();
     if let Some(filter) = &f.filter {
-        cmdline.push(format!("rig.filter={filter}"));
+        cmdline.push(rig_contract::cmdline::Word::Filter(filter.clone()).word());
     }
     cmdline.extend(f.append.iter().cloned());
     let spec = VmSpec {

@@ -17,6 +17,7 @@ mod summary;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use rig_contract::cmdline::Word;
 
 use super::report::{self, to_yaml, Y};
 use super::{kernel_yaml, Machine};
@@ -146,11 +147,11 @@ fn cmdline_words(f: &BenchAllocFlags) -> Vec<String> {
         // The series' test config builds the allocator's debug mode, whose
         // checks would be timed too (patches/global-ma 0016).
         "bpf_global_ma_debug=0".into(),
-        "rig.bench=alloc".into(),
-        format!("rig.bench.sizes={}", sizes(&f.sizes)),
-        format!("rig.bench.reps={}", f.runs),
-        format!("rig.bench.loops={}", f.loops),
-        format!("rig.bench.batch={}", f.batch),
+        Word::Bench("alloc".into()).word(),
+        Word::BenchParam("sizes".into(), sizes(&f.sizes)).word(),
+        Word::BenchParam("reps".into(), f.runs.to_string()).word(),
+        Word::BenchParam("loops".into(), f.loops.to_string()).word(),
+        Word::BenchParam("batch".into(), f.batch.to_string()).word(),
     ]
 }
 

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use rig_contract::cmdline::{Suite, Word};
 
 use crate::flags::{BootFlags, TestFlags};
 use crate::pipeline::Pipeline;
@@ -148,7 +149,7 @@ fn half(f: &BootFlags, tree: Option<PathBuf>, plan: &str) -> Result<Half> {
         &kernel,
         &BootRequest {
             initrd: &initrd,
-            cmdline: &["rig.suite=kernel".to_string()],
+            cmdline: &[Word::Suite(Suite::Kernel).word()],
             label: &label,
         },
         started,

@@ -79,9 +79,6 @@ impl Ending {
     }
 }
 
-/// What the guest runner prints when it falls back to the console
-/// (bpf-selftests/src/ktap.rs).
-const NO_KTAP_PORT: &str = "bpf-selftests: no virtio port named \"ktap\"";
 /// The kernel's line for a PCI device without an interrupt.
 const NO_GSI: &str = "PCI INT A: no GSI";
 
@@ -190,7 +187,10 @@ pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, quiet: bool) -> Re
             };
         }
         // No KTAP will come: say why now rather than at the boot timeout.
-        if got_console && first_ktap.is_none() && console.text.contains(NO_KTAP_PORT) {
+        if got_console
+            && first_ktap.is_none()
+            && rig_contract::port::console_says_missing(&console.text)
+        {
             break Ending::NoKtapPort;
         }
         if let Some(sig) = signals::interrupted() {
