@@ -14,6 +14,7 @@ use crate::lock::HELD_BY_PARENT;
 use crate::pipeline::Pipeline;
 use crate::progress::fmt_secs;
 use crate::test::boot_and_judge;
+use crate::verdict::SnapshotMode;
 
 const STEP_LOG_DIR: &str = "RIG_BISECT_LOG_DIR";
 /// `git bisect run` aborts on exit codes above 127: a rig error is not a verdict.
@@ -266,7 +267,7 @@ pub fn step(f: BootFlags) -> Result<i32> {
         Ok(i) => i,
         Err(e) => return Ok(abort(&e)),
     };
-    let s = match boot_and_judge(&p, &f, &config, &kernel, &image, None, started) {
+    let s = match boot_and_judge(&p, &f, &config, &kernel, &image, SnapshotMode::Off, started) {
         Ok(s) => s,
         Err(e) => return Ok(abort(&e)),
     };

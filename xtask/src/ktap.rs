@@ -197,7 +197,13 @@ fn is_running(t: &TestResult) -> bool {
     t.status == Status::Crashed && t.diagnostics.last().map(String::as_str) == Some(NO_RESULT_EOF)
 }
 
-/// Parses a KTAP/TAP stream. Never panics, never fails.
+/// Parses a KTAP/TAP stream. Never panics, never fails: what is odd is
+/// counted in [`Report::problems`].
+///
+/// Accepted format: the stream of the module doc, line kinds as
+/// `rig_contract::ktap::classify` accepts them; lines split at LF, CR or
+/// both; a kernel console prefix (`<6>`, `[   1.23]`, `[  T12]`) dropped;
+/// anything before the first structural line ignored.
 pub fn parse(input: &str) -> Report {
     let mut parser = Parser::default();
     // The last line is unterminated when the input does not end in a line

@@ -20,6 +20,7 @@ use crate::patches::Series;
 use crate::pipeline::Pipeline;
 use crate::progress::fmt_secs;
 use crate::test::{boot_and_judge, Summary};
+use crate::verdict::SnapshotMode;
 
 pub const FILE: &str = "mutants.yaml";
 
@@ -463,7 +464,15 @@ fn judge(
     (config, kernel, image): (Config, Kernel, Image),
     started: Instant,
 ) -> Result<Summary> {
-    let s = boot_and_judge(p, boot, &config, &kernel, &image, None, started)?;
+    let s = boot_and_judge(
+        p,
+        boot,
+        &config,
+        &kernel,
+        &image,
+        SnapshotMode::Off,
+        started,
+    )?;
     crate::signals::check()?;
     Ok(s)
 }

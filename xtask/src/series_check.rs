@@ -18,6 +18,7 @@ use crate::patches::Series;
 use crate::pipeline::Pipeline;
 use crate::progress::fmt_secs;
 use crate::test::boot_and_judge;
+use crate::verdict::SnapshotMode;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Checkpatch {
@@ -181,7 +182,15 @@ pub fn run(f: CheckSeriesFlags) -> Result<i32> {
         let mut tests_word = "-".to_string();
         if let (true, Some((tree_now, config, kernel))) = (f.boot, &build) {
             let image = crate::image::build(&p.ctx, tree_now, kernel, p.progs())?;
-            let s = boot_and_judge(&p, &f.boot_flags, config, kernel, &image, None, started)?;
+            let s = boot_and_judge(
+                &p,
+                &f.boot_flags,
+                config,
+                kernel,
+                &image,
+                SnapshotMode::Off,
+                started,
+            )?;
             tests_word = if s.passed_but_skips {
                 "passed".into()
             } else {

@@ -10,8 +10,9 @@ use crate::kbuild::Kernel;
 use crate::ktap::Status;
 use crate::pipeline::Pipeline;
 use crate::progress::fmt_secs;
+use crate::verdict::{self, Problem, SnapshotCheck, SnapshotMode};
 use crate::vm::{Ending, Limits, VmSpec};
-use crate::{accel, console, kconfig, ktap, results};
+use crate::{accel, console, junit, kconfig, ktap, print, results};
 
 pub fn stage_tree(c: Common) -> Result<i32> {
     let t = Pipeline::new(c)?.tree()?;
@@ -44,7 +45,7 @@ pub fn stage_image(c: Common) -> Result<i32> {
 }
 
 pub fn stage_boot(f: BootFlags) -> Result<i32> {
-    run_all(f, None)
+    run_all(f, SnapshotMode::Off)
 }
 
 pub fn run(f: TestFlags) -> Result<i32> {
@@ -60,11 +61,15 @@ pub fn run(f: TestFlags) -> Result<i32> {
     if f.baseline {
         anyhow::bail!("--baseline needs --suite kernel (the series' own selftests have nothing to run on the baseline)");
     }
-    let accept = f.accept;
-    run_all(f.boot, Some(accept))
+    let snapshot = if f.accept {
+        SnapshotMode::Accept
+    } else {
+        SnapshotMode::Compare
+    };
+    run_all(f.boot, snapshot)
 }
 
-fn run_all(f: BootFlags, snapshot: Option<bool>) -> Result<i32> {
+fn run_all(f: BootFlags, snapshot: SnapshotMode) -> Result<i32> {
     let started = Instant::now();
     let p = Pipeline::new(f.common.clone())?;
     let (config, kernel, image) = p.imaged()?;
@@ -110,7 +115,7 @@ pub struct Booted {
     pub splats: Vec<console::Splat>,
     pub panic: Option<String>,
     /// Problems with the run itself (no KTAP, QEMU errors, parser problems).
-    pub problems: Vec<String>,
+    pub problems: Vec<Problem>,
     pub info: results::RunInfo,
     pub run_dir: std::path::PathBuf,
     pub accel: crate::vm::Accel,
@@ -194,19 +199,7 @@ pub fn boot(
     }
     let splats = console::scan(&out.console);
     let panic = console::panic_message(&out.console);
-    let mut problems = report.problems.clone();
-    if report.tests.is_empty() {
-        problems.push("no KTAP results at all".to_string());
-    }
-    if !clean_exit && !matches!(out.ending, Ending::Panicked) {
-        let err = out.qemu_stderr.trim();
-        if !err.is_empty() {
-            problems.push(format!(
-                "QEMU said: {}",
-                err.lines().take(5).collect::<Vec<_>>().join(" | ")
-            ));
-        }
-    }
+    let problems = verdict::run_problems(&out.ending, &out.qemu_stderr, &report);
     let info = results::RunInfo {
         kernel: kernel.release.clone(),
         series: label.to_string(),
@@ -233,19 +226,19 @@ pub fn boot(
     })
 }
 
-/// Everything after the image: boot, judge, report. `snapshot` is
-/// `Some(accept)` for `test`, `None` for `boot` (no snapshot comparison).
+/// Everything after the image: boot, judge, report. `snapshot` says whether
+/// the results are compared with (or written into) the committed snapshot.
 pub fn boot_and_judge(
     p: &Pipeline,
     f: &BootFlags,
     config: &kconfig::Config,
     kernel: &Kernel,
     image: &Image,
-    snapshot: Option<bool>,
+    snapshot: SnapshotMode,
     started: Instant,
 ) -> Result<Summary> {
     let series = p.series_name();
-    let mut b = boot(
+    let b = boot(
         p,
         f,
         config,
@@ -257,71 +250,56 @@ pub fn boot_and_judge(
         },
         started,
     )?;
-    // Skipped is not passed: a run with a skip does not exit 0.
-    let tests_ok = b.clean_exit
-        && b.report.all_passed()
-        && b.report.counts().skipped == 0
-        && !b.report.tests.is_empty();
-    let snapshot_ok = match snapshot {
-        Some(accept) if f.filter.is_none() && f.append.is_empty() => {
-            let ok = results::compare_snapshot(
+    let check = match snapshot {
+        SnapshotMode::Off => SnapshotCheck::NotCompared,
+        _ if f.filter.is_some() || !f.append.is_empty() => {
+            eprintln!("[report] --filter or --append given: snapshot not compared");
+            SnapshotCheck::NotCompared
+        }
+        mode => {
+            let same = results::compare_snapshot(
                 &p.ctx.repo,
                 &series,
                 &results::normalized(&b.report),
-                accept,
+                mode == SnapshotMode::Accept,
             )?;
-            if !ok {
-                b.problems.push(format!(
-                    "results differ from the snapshot bpf-selftests/snapshots/results@{series}.snap \
-                     (diff above; `cargo xtask test --accept` or `cargo insta review` to update it)"
-                ));
+            if same {
+                SnapshotCheck::Matched
+            } else {
+                SnapshotCheck::Differs
             }
-            ok
         }
-        Some(_) => {
-            eprintln!("[report] --filter or --append given: snapshot not compared");
-            true
-        }
-        None => true,
     };
-    let passed = tests_ok && b.splats.is_empty() && snapshot_ok && b.problems.is_empty();
-    let verdict = verdict_line(
-        passed,
-        &b.out.ending,
-        &b.limits,
+    let v = verdict::judge(
+        &verdict::Outcome {
+            ending: &b.out.ending,
+            limits: &b.limits,
+            qemu_stderr: &b.out.qemu_stderr,
+            panic: b.panic.as_deref(),
+            snapshot: check,
+            series: &series,
+        },
         &b.report,
         &b.splats,
-        b.panic.as_deref(),
     );
     let counts = b.report.counts();
     results::write_yaml(
         &b.run_dir,
         &results::ResultsFile {
             run: &b.info,
-            passed,
-            verdict: &verdict,
+            passed: v.passed,
+            verdict: &v.line,
             counts,
-            problems: &b.problems,
+            problems: &v.problems,
             tests: &b.report.tests,
             splats: &b.splats,
         },
     )?;
-    results::write_junit(&b.run_dir, &b.info, &b.report, &b.splats)?;
-    print_table(&b.report, &b.splats, &b.problems);
+    junit::write(&b.run_dir, &b.info, &b.report, &b.splats)?;
+    print::table(&b.report, &b.splats, &v.problems);
     println!("run dir: {}", b.run_dir.display());
-    println!("{verdict}");
-    // The closing line CI readers look for: crashed and not-run tests count as
-    // failed, and a run that failed with every test passed (a splat, a snapshot
-    // mismatch) counts one failure so the line never reads as a pass.
-    let c = b.report.counts();
-    let failed = c.failed
-        + c.crashed
-        + c.not_run
-        + usize::from(!passed && c.failed + c.crashed + c.not_run == 0);
-    println!(
-        "selftests: {} passed, {failed} failed, {} skipped",
-        c.passed, c.skipped
-    );
+    println!("{}", v.line);
+    println!("{}", print::closing_line(&b.report, &v));
     let failing = b
         .report
         .tests
@@ -344,16 +322,10 @@ pub fn boot_and_judge(
             )
         })
         .collect();
-    let passed_but_skips = b.clean_exit
-        && b.report.all_passed()
-        && b.splats.is_empty()
-        && b.problems
-            .iter()
-            .all(|p| p.starts_with("results differ from the snapshot"));
     Ok(Summary {
-        passed,
-        passed_but_skips,
-        verdict,
+        passed: v.passed,
+        passed_but_skips: v.passed_but_skips,
+        verdict: v.line,
         booted: !b.out.ktap.trim().is_empty(),
         failing,
         first_splat: b.splats.first().map(|s| {
@@ -375,72 +347,6 @@ pub fn boot_and_judge(
         run_dir: b.run_dir,
         accel: b.accel.name(),
     })
-}
-
-fn verdict_line(
-    passed: bool,
-    ending: &Ending,
-    limits: &Limits,
-    report: &ktap::Report,
-    splats: &[console::Splat],
-    panic: Option<&str>,
-) -> String {
-    let c = report.counts();
-    let counts = format!(
-        "{} passed, {} failed, {} skipped, {} crashed, {} not run",
-        c.passed, c.failed, c.skipped, c.crashed, c.not_run
-    );
-    if passed {
-        return format!("PASS: {counts}");
-    }
-    let mut why = Vec::new();
-    if let Some(p) = panic {
-        why.push(format!("kernel panic: {p}"));
-    } else if *ending != (Ending::Exited { code: Some(0) }) {
-        why.push(ending.describe(limits));
-    }
-    if !splats.is_empty() {
-        why.push(format!(
-            "{} splat(s) in the console, first: {}",
-            splats.len(),
-            splats[0].title
-        ));
-    }
-    if why.is_empty() {
-        why.push("results".to_string());
-    }
-    format!("FAIL ({}): {counts}", why.join("; "))
-}
-
-fn print_table(report: &ktap::Report, splats: &[console::Splat], problems: &[String]) {
-    println!();
-    println!("{:<40} {:<8} {:>9}", "test", "status", "time");
-    for t in &report.tests {
-        let time = t
-            .duration_ms
-            .map_or("-".to_string(), |ms| fmt_secs(Duration::from_millis(ms)));
-        println!(
-            "{:<40} {:<8} {:>9}",
-            t.name,
-            results::status_name(t.status),
-            time
-        );
-        if !matches!(t.status, Status::Passed) {
-            for d in t.diagnostics.iter().take(10) {
-                println!("    # {d}");
-            }
-        }
-    }
-    for s in splats {
-        println!("\nsplat ({}) at console line {}:", s.kind, s.line);
-        for l in s.excerpt.iter().take(20) {
-            println!("  | {l}");
-        }
-    }
-    for p in problems {
-        println!("problem: {p}");
-    }
-    println!();
 }
 
 fn shell_words(args: &[String]) -> String {

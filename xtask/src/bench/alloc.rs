@@ -24,6 +24,7 @@ use super::{kernel_yaml, Machine};
 use crate::flags::BenchAllocFlags;
 use crate::pipeline::Pipeline;
 use crate::test;
+use crate::verdict::SnapshotMode;
 use summary::Summary;
 
 /// The kernel bench file's limits (patches/global-ma 0015).
@@ -45,7 +46,15 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
         sizes(&f.sizes),
         f.batch
     );
-    let s = test::boot_and_judge(&p, &boot, &config, &kernel, &image, None, started)?;
+    let s = test::boot_and_judge(
+        &p,
+        &boot,
+        &config,
+        &kernel,
+        &image,
+        SnapshotMode::Off,
+        started,
+    )?;
     let ktap_path = s.run_dir.join("ktap.log");
     if !s.passed {
         let mut why = vec![s.verdict.clone()];
