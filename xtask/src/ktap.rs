@@ -51,12 +51,15 @@
 //!   believed if its name is the running test's (or a planned name); else it
 //!   is taken as truncated and ignored, with a problem.
 //!
-//! # Nested (KUnit-style) subtests: flattened
+//! # Nested subtests: flattened
 //!
-//! A subtest block is opened by a line that is indented deeper than the
-//! current level and is a `KTAP version` header, a `# Subtest: name` line or a
-//! `1..N` plan (KUnit 6.1 prints all three for a suite, and `KTAP version` +
-//! `# Subtest:` for a parameterised test). The block ends at the next
+//! The kernel suites' runner writes each binary's subtests as a nested block
+//! (`rig_contract::ktap::subtest_header`); KUnit prints the same form. A
+//! subtest block is opened by a `KTAP version` header indented deeper than
+//! the current level; a `# Subtest: name` line right after it names the
+//! block, and a `1..N` plan at the block's own indentation is its plan (a
+//! `# Subtest:` or plan indented deeper without a header of its own opens
+//! nothing: nothing the rig runs writes them). The block ends at the next
 //! structural line (header, plan, result, `# Subtest:`, `# start:`,
 //! `# plan:`, `# duration_ms:`) that is indented less, normally the parent's
 //! own result line (`ok 1 example`). Diagnostics and kernel messages never
@@ -485,7 +488,7 @@ impl Parser {
         match kind {
             Line::Version(v) => {
                 if deeper {
-                    self.open(indent, |l| l.header = true);
+                    self.open(indent);
                 } else if root && self.version.is_none() && !self.top().has_content() {
                     self.version = Some(v.to_string());
                     self.top().header = true;
@@ -498,9 +501,7 @@ impl Parser {
                 }
             }
             Line::Subtest(name) => {
-                if deeper {
-                    self.open(indent, |l| l.name = Some(name.to_string()));
-                } else if !root && self.top().name.is_none() && !self.top().has_content() {
+                if !root && self.top().name.is_none() && !self.top().has_content() {
                     self.top().name = Some(name.to_string());
                 } else {
                     let text = format!("Subtest: {name}");
@@ -509,9 +510,7 @@ impl Parser {
             }
             Line::Plan(n) => {
                 let top = self.top();
-                if deeper && (top.planned.is_some() || top.has_content()) {
-                    self.open(indent, |l| l.planned = Some(n));
-                } else if top.planned.is_some() {
+                if top.planned.is_some() {
                     let label = self.label();
                     self.problems
                         .push(format!("{label}second plan line '1..{n}' ignored"));
@@ -570,13 +569,13 @@ impl Parser {
         self.top().label(root)
     }
 
-    fn open(&mut self, indent: usize, init: impl FnOnce(&mut Level)) {
-        let mut level = Level {
+    /// A nested block, opened by its `KTAP version` line.
+    fn open(&mut self, indent: usize) {
+        self.levels.push(Level {
             indent,
+            header: true,
             ..Level::default()
-        };
-        init(&mut level);
-        self.levels.push(level);
+        });
     }
 
     fn start(&mut self, name: &str, last_unterminated: bool) {
@@ -1163,7 +1162,7 @@ mod tests {
         let r = parse(
             "KTAP version 1\n1..2\n    KTAP version 1\n    # Subtest: suite\n    1..2\n\
              \x20   # case_a: hello\n    ok 1 case_a\n    not ok 2 case_b\nnot ok 1 suite\n\
-             \x20   # Subtest: other\n    1..1\n    ok 1 only\nok 2 other\n",
+             \x20   KTAP version 1\n    # Subtest: other\n    1..1\n    ok 1 only\nok 2 other\n",
         );
         assert_eq!(
             names(&r),
@@ -1177,6 +1176,13 @@ mod tests {
         assert_eq!(test(&r, "suite.case_b").number, Some(2));
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         assert_eq!(r.counts().failed, 1);
+    }
+
+    #[test]
+    fn only_a_header_opens_a_nested_block() {
+        let r = parse("KTAP version 1\n1..1\n    1..2\n    # Subtest: x\n# start: a\nok 1 a\n");
+        assert_eq!(r.problems, ["second plan line '1..2' ignored"]);
+        assert_eq!(names(&r), [("a", Status::Passed)]);
     }
 
     #[test]
@@ -1201,7 +1207,7 @@ mod tests {
     fn failed_parent_without_failed_children_is_kept() {
         // e.g. a KUnit suite whose suite_init failed, or a runner test whose
         // cleanup failed after all its subtests passed.
-        let r = parse("KTAP version 1\n1..2\n    1..1\n    ok 1 child\nnot ok 1 parent\n    # failed to initialize (-12)\nnot ok 2 empty\n");
+        let r = parse("KTAP version 1\n1..2\n    KTAP version 1\n    1..1\n    ok 1 child\nnot ok 1 parent\n    # failed to initialize (-12)\nnot ok 2 empty\n");
         assert_eq!(
             names(&r),
             [
@@ -1219,7 +1225,7 @@ mod tests {
     #[test]
     fn nested_plan_short_is_a_prefixed_problem() {
         let r = parse(
-            "KTAP version 1\n1..1\n    # Subtest: suite\n    1..3\n    ok 1 a\nnot ok 1 suite\n",
+            "KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: suite\n    1..3\n    ok 1 a\nnot ok 1 suite\n",
         );
         assert_eq!(r.problems, ["suite: planned 3 tests, got 1"]);
         assert_eq!(
@@ -1237,8 +1243,8 @@ mod tests {
     #[test]
     fn nested_block_cut_off_by_the_end_of_output_crashes() {
         let r = parse(
-            "KTAP version 1\n1..2\n    # Subtest: s1\n    1..1\n    ok 1 a\nok 1 s1\n\
-             \x20   # Subtest: s2\n    1..3\n    ok 1 b\nBUG: kernel NULL pointer dereference\n",
+            "KTAP version 1\n1..2\n    KTAP version 1\n    # Subtest: s1\n    1..1\n    ok 1 a\nok 1 s1\n\
+             \x20   KTAP version 1\n    # Subtest: s2\n    1..3\n    ok 1 b\nBUG: kernel NULL pointer dereference\n",
         );
         assert_eq!(
             names(&r),
@@ -1263,7 +1269,7 @@ mod tests {
         // The innermost unfinished thing is the one crashed entry.
         let r = parse(
             "KTAP version 1\n1..1\n# plan: kunit\n# start: kunit\n    KTAP version 1\n    1..1\n\
-             \x20       # Subtest: suite\n        1..2\n        ok 1 a\n",
+             \x20       KTAP version 1\n        # Subtest: suite\n        1..2\n        ok 1 a\n",
         );
         assert_eq!(
             names(&r),
