@@ -1,6 +1,5 @@
-//! Stage `report`: the run dir and its results.yaml, and the comparison of
-//! the normalised results with the committed insta snapshot (junit.xml is
-//! junit.rs', the table print.rs').
+//! Stage `report`: the run dir and its results.yaml (junit.xml is junit.rs',
+//! the snapshot snapshot.rs', the table print.rs').
 //! serde_yaml stays in this module (it is archived upstream).
 
 use std::path::{Path, PathBuf};
@@ -9,7 +8,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::console::Splat;
-use crate::ktap::{Report, Status};
+use crate::ktap::Status;
 
 #[derive(Serialize)]
 pub struct RunInfo {
@@ -66,18 +65,6 @@ pub fn write_yaml(dir: &Path, results: &ResultsFile) -> Result<()> {
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Names and statuses only: what the committed snapshot pins down.
-pub fn normalized(report: &Report) -> String {
-    let mut s = String::new();
-    for t in &report.tests {
-        s.push_str(&format!("{}: {}\n", t.name, status_name(t.status)));
-    }
-    for p in &report.problems {
-        s.push_str(&format!("problem: {p}\n"));
-    }
-    s
-}
-
 pub fn status_name(s: Status) -> &'static str {
     match s {
         Status::Passed => "PASSED",
@@ -86,27 +73,4 @@ pub fn status_name(s: Status) -> &'static str {
         Status::Crashed => "CRASHED",
         Status::NotRun => "NOT_RUN",
     }
-}
-
-/// Compares with `bpf-selftests/snapshots/results@<series>.snap`. With
-/// `accept` the snapshot is rewritten; otherwise a mismatch prints insta's
-/// diff and leaves a `.snap.new` for `cargo insta review` (outside CI).
-pub fn compare_snapshot(repo: &Path, series: &str, content: &str, accept: bool) -> Result<bool> {
-    let dir = repo.join("bpf-selftests/snapshots");
-    std::fs::create_dir_all(&dir)?;
-    std::env::set_var("INSTA_WORKSPACE_ROOT", repo);
-    std::env::set_var("INSTA_UPDATE", if accept { "always" } else { "auto" });
-    std::env::remove_var("INSTA_FORCE_PASS");
-    let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(&dir);
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_omit_expression(true);
-    let name = format!("results@{series}");
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        settings.bind(|| insta::assert_snapshot!(name.clone(), content));
-    }));
-    std::panic::set_hook(hook);
-    Ok(outcome.is_ok())
 }

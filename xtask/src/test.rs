@@ -12,7 +12,7 @@ use crate::pipeline::Pipeline;
 use crate::progress::fmt_secs;
 use crate::verdict::{self, Problem, SnapshotCheck, SnapshotMode};
 use crate::vm::{Ending, Limits, VmSpec};
-use crate::{accel, console, junit, kconfig, ktap, print, results};
+use crate::{accel, console, junit, kconfig, ktap, print, results, snapshot};
 
 pub fn stage_tree(c: Common) -> Result<i32> {
     let t = Pipeline::new(c)?.tree()?;
@@ -163,12 +163,10 @@ pub fn boot(
         cmdline,
         qmp: Some(crate::vm::qmp::socket_path()),
     };
-    std::fs::write(
-        run_dir.join("qemu.cmdline"),
-        format!(
-            "qemu-system-x86_64 {}\n",
-            shell_words(&crate::vm::qemu::args(&spec))
-        ),
+    crate::shell::write_cmdline(
+        &run_dir.join("qemu.cmdline"),
+        "qemu-system-x86_64",
+        &crate::vm::qemu::args(&spec),
     )?;
     let limits = Limits {
         boot: Duration::from_secs(f.boot_timeout),
@@ -257,10 +255,10 @@ pub fn boot_and_judge(
             SnapshotCheck::NotCompared
         }
         mode => {
-            let same = results::compare_snapshot(
+            let same = snapshot::check(
                 &p.ctx.repo,
                 &series,
-                &results::normalized(&b.report),
+                &snapshot::normalized(&b.report),
                 mode == SnapshotMode::Accept,
             )?;
             if same {
@@ -347,19 +345,4 @@ pub fn boot_and_judge(
         run_dir: b.run_dir,
         accel: b.accel.name(),
     })
-}
-
-fn shell_words(args: &[String]) -> String {
-    args.iter()
-        .map(|a| {
-            if a.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_=.,:/@+".contains(c))
-            {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', "'\\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }

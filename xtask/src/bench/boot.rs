@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::report::{self, Measurement, Y};
-use super::run::{limits, spec, tail, timed, write_cmdline};
+use super::run::{limits, spec, tail, timed};
 use super::{boottime, kernel_yaml, Log, Machine, NO_TEST, VIRTME_FRAGMENT};
 use crate::flags::BenchRigFlags;
 use crate::image::Image;
 use crate::pipeline::Pipeline;
+use crate::shell::write_cmdline;
 use crate::vm::{self, Accel, Limits};
 use crate::{accel, signals};
 

@@ -266,24 +266,6 @@ pub(super) fn spec(
     }
 }
 
-pub(super) fn write_cmdline(path: &Path, program: &str, args: &[String]) -> Result<()> {
-    let words: Vec<String> = args.iter().map(|a| shell_word(a)).collect();
-    std::fs::write(path, format!("{program} {}\n", words.join(" ")))
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-/// `a` as one shell word: as it is when safe, else single-quoted.
-fn shell_word(a: &str) -> String {
-    if !a.is_empty()
-        && a.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_=.,:/@+".contains(c))
-    {
-        a.to_string()
-    } else {
-        format!("'{}'", a.replace('\'', "'\\''"))
-    }
-}
-
 /// Where a `cargo xtask test` child's time went, from its own progress
 /// lines: each stage's closing `(<duration>)` (`[build] up to date` is 0),
 /// QEMU's run time and first KTAP line from `[boot] ... after X (first KTAP
@@ -427,12 +409,5 @@ mod tests {
         assert!(!is_qemu_child_stat("4242 (qemu-system-x86) Z 4200 1", 4200));
         assert!(!is_qemu_child_stat("4243 (make (x)) S 4200 1", 4200));
         assert!(!has_qemu_child(std::process::id()));
-    }
-
-    #[test]
-    fn quotes_shell_words() {
-        assert_eq!(shell_word("-append"), "-append");
-        assert_eq!(shell_word("a b"), "'a b'");
-        assert_eq!(shell_word("it's"), "'it'\\''s'");
     }
 }
