@@ -21,10 +21,10 @@ use rig_contract::cmdline::Word;
 
 use super::report::{self, to_yaml, Y};
 use super::{kernel_yaml, Machine};
+use crate::commands::test;
 use crate::flags::BenchAllocFlags;
+use crate::judge::verdict::SnapshotMode;
 use crate::pipeline::Pipeline;
-use crate::test;
-use crate::verdict::SnapshotMode;
 use summary::Summary;
 
 /// The kernel bench file's limits (patches/global-ma 0015).

@@ -12,11 +12,11 @@ use super::report::{self, Measurement, Y};
 use super::run::{limits, spec, tail, timed};
 use super::{boottime, kernel_yaml, Log, Machine, NO_TEST, VIRTME_FRAGMENT};
 use crate::flags::BenchRigFlags;
-use crate::image::Image;
 use crate::pipeline::Pipeline;
-use crate::shell::write_cmdline;
+use crate::stages::image::Image;
+use crate::sys::shell::write_cmdline;
 use crate::vm::{self, Accel, Limits};
-use crate::{accel, signals};
+use crate::{sys::signals, vm::accel};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(

@@ -11,13 +11,13 @@ use super::report::{self, Measurement};
 use super::run::{tail, test_args, timed, xtask_test};
 use super::{jobs, Log, CHILD_LIMIT, EDITED};
 use crate::flags::BenchRigFlags;
-use crate::image::Image;
-use crate::kbuild::{self, Kernel};
-use crate::kconfig::Config;
 use crate::pipeline::Pipeline;
-use crate::tree::Tree;
+use crate::stages::image::Image;
+use crate::stages::kbuild::Kernel;
+use crate::stages::kconfig::Config;
+use crate::stages::tree::Tree;
 use crate::vm::Accel;
-use crate::{accel, signals};
+use crate::{sys::signals, vm::accel};
 
 pub(super) type Built = (Config, Kernel, Image, Accel);
 
@@ -198,8 +198,9 @@ pub(super) fn rebuild(
         signals::check()?;
         edit.apply(unique())?;
         let t = Instant::now();
-        let out = kbuild::make(&p.ctx, &tree, &config.build_dir, &[j.as_str(), "bzImage"])
-            .context("the reference make bzImage")?;
+        let out =
+            crate::stages::make::make(&p.ctx, &tree, &config.build_dir, &[j.as_str(), "bzImage"])
+                .context("the reference make bzImage")?;
         let make_secs = t.elapsed().as_secs_f64();
         std::fs::write(run_dir.join(format!("rebuild-make-{i}.log")), out)?;
         log.say(&format!(
@@ -280,7 +281,7 @@ pub(super) fn cold_prepare(p: &Pipeline, log: &Log) -> Result<PathBuf> {
         "-q",
         "--shared",
         "--branch",
-        crate::tree::BASELINE_TAG,
+        crate::stages::tree::BASELINE_TAG,
         &tree.path,
         &src
     )

@@ -1,7 +1,7 @@
 //! What a benchmark measured, its table, and bench.yaml written by a small
 //! hand-written emitter (serde_yaml stays in results.rs).
 
-use crate::progress::fmt_secs;
+use crate::sys::progress::fmt_secs;
 
 /// One row of the table: our side against a reference, side by side.
 pub struct Measurement {

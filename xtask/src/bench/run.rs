@@ -8,10 +8,10 @@ use anyhow::{bail, Context, Result};
 
 use super::CHILD_LIMIT;
 use crate::flags::{self, BootFlags};
-use crate::image::Image;
-use crate::kbuild::Kernel;
-use crate::pgroup::{own_group, Group};
-use crate::signals;
+use crate::stages::image::Image;
+use crate::stages::kbuild::Kernel;
+use crate::sys::pgroup::{own_group, Group};
+use crate::sys::signals;
 use crate::vm::{Accel, Limits, VmSpec};
 
 /// Runs `expr` in its own process group with its output in `log_path`;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::ktap::{Report, Status, TestResult};
+use crate::judge::ktap::{Report, Status, TestResult};
 
 /// `patches/<series>/kernel-suites.denylist`, in BPF CI's DENYLIST style:
 /// one test a line, `name  # reason`. A name covers its own leaves too
@@ -176,7 +176,7 @@ fn named(t: &TestResult, denylisted: Option<String>) -> Named {
     }
     Named {
         name: t.name.clone(),
-        status: crate::results::status_name(t.status),
+        status: crate::report::results::status_name(t.status),
         excerpt,
         denylisted,
     }
@@ -250,7 +250,7 @@ pub fn compare(baseline: Option<&Report>, series: &Report, deny: &[Entry]) -> Co
                         let mut v = vec![format!(
                             "{parent} stopped at {} ({}):",
                             s.name,
-                            crate::results::status_name(s.status)
+                            crate::report::results::status_name(s.status)
                         )];
                         v.extend(named(s, None).excerpt);
                         v
@@ -361,7 +361,7 @@ mod tests {
                 _ => format!("# {name} broke\nnot ok {n} {name}\n"),
             };
         }
-        crate::ktap::parse(&text)
+        crate::judge::ktap::parse(&text)
     }
 
     #[test]
@@ -471,7 +471,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/../test_data/ktap/kernel_suites.ktap"
         );
-        let r = crate::ktap::parse(&std::fs::read_to_string(path).unwrap());
+        let r = crate::judge::ktap::parse(&std::fs::read_to_string(path).unwrap());
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         let leaves: Vec<(&str, Status)> = r
             .tests
@@ -515,7 +515,7 @@ mod tests {
             text += &format!("# check {i}:PASS\n");
         }
         text += "# elems:FAIL: 2 != 3\n# tail\nnot ok 1 t\n";
-        let r = crate::ktap::parse(&text);
+        let r = crate::judge::ktap::parse(&text);
         let n = named(&r.tests[0], None);
         assert_eq!(
             n.excerpt,

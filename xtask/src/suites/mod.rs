@@ -13,11 +13,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use rig_contract::cmdline::{Suite, Word};
 
+use crate::commands::test::{boot, BootRequest, Booted};
 use crate::flags::{BootFlags, TestFlags};
 use crate::pipeline::Pipeline;
-use crate::progress::fmt_secs;
-use crate::test::{boot, BootRequest, Booted};
-use crate::{patches, results};
+use crate::sys::progress::fmt_secs;
+use crate::{report::results, stages::patches};
 
 /// The committed list of what runs (see the file's header).
 pub const PLAN: &str = "images/kernel-suites.plan";
@@ -204,7 +204,7 @@ fn write_results(b: &Booted, passed_run: bool) -> Result<()> {
             splats: &b.splats,
         },
     )?;
-    crate::junit::write(&b.run_dir, &b.info, &b.report, &b.splats)
+    crate::report::junit::write(&b.run_dir, &b.info, &b.report, &b.splats)
 }
 
 /// `<tree>-baseline`: a detached worktree of the managed tree at

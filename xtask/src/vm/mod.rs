@@ -1,6 +1,7 @@
 //! Stage `boot`: run QEMU in its own process group, follow the console and
 //! the KTAP channel live, and end it on panic, hang, timeout or Ctrl-C.
 
+pub mod accel;
 pub mod qemu;
 pub mod qmp;
 
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::pgroup::{own_group, Group};
-use crate::{ktap, signals};
+use crate::sys::pgroup::{own_group, Group};
+use crate::{judge::ktap, sys::signals};
 pub use qemu::{Accel, VmSpec};
 
 pub struct Limits {
@@ -178,7 +179,7 @@ pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, quiet: bool) -> Re
             // Read what QEMU wrote last.
             console.poll();
             ktap.poll();
-            break if crate::console::panic_message(&console.text).is_some() {
+            break if crate::judge::console::panic_message(&console.text).is_some() {
                 Ending::Panicked
             } else {
                 Ending::Exited {
@@ -200,7 +201,7 @@ pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, quiet: bool) -> Re
         }
         if got_console
             && panic_seen.is_none()
-            && crate::console::panic_message(&console.text).is_some()
+            && crate::judge::console::panic_message(&console.text).is_some()
         {
             panic_seen = Some(Instant::now());
         }

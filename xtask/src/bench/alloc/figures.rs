@@ -9,8 +9,8 @@ use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 
-use crate::ktap::{self, Status};
-use crate::results::status_name;
+use crate::judge::ktap::{self, Status};
+use crate::report::results::status_name;
 
 /// The guest's KTAP tests in `rig.bench=alloc` mode.
 pub const TESTS: [&str; 3] = ["bench_alloc", "bench_alloc_nmi", "bench_prefill"];
