@@ -18,9 +18,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use rig_contract::cmdline::Word;
+use serde::Serialize;
 
-use super::report::{self, to_yaml, Y};
-use super::{kernel_yaml, Machine};
+use super::report::{self, N};
+use super::{kernel_yaml, KernelYaml, Machine, MachineYaml};
 use crate::commands::test;
 use crate::flags::BenchAllocFlags;
 use crate::judge::verdict::SnapshotMode;
@@ -77,38 +78,22 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
 
     let mut machine = Machine::probe();
     machine.accel = s.accel.clone();
-    let mut yaml = vec![
-        (
-            "machine".into(),
-            Y::Map(
-                machine
-                    .yaml_fields()
-                    .into_iter()
-                    .chain([
-                        ("vcpus".into(), Y::Int(f.boot.cpus.into())),
-                        ("memory".into(), Y::str(f.boot.memory())),
-                    ])
-                    .collect(),
-            ),
-        ),
-        (
-            "kernel".into(),
-            kernel_yaml("bench", &config, &kernel, &image),
-        ),
-        (
-            "cmdline".into(),
-            Y::List(cmdline_words(&f).into_iter().map(Y::Str).collect()),
-        ),
-        ("verdict".into(), Y::str(&s.verdict)),
-    ];
-    yaml.extend(sum.yaml_entries());
-    yaml.push((
-        "bench_wall_s".into(),
-        Y::Num(started.elapsed().as_secs_f64()),
-    ));
     let yaml_path = s.run_dir.join("bench-alloc.yaml");
-    std::fs::write(&yaml_path, to_yaml(&Y::Map(yaml)))
-        .with_context(|| format!("writing {}", yaml_path.display()))?;
+    report::write_yaml(
+        &yaml_path,
+        &AllocYaml {
+            machine: AllocMachineYaml {
+                machine: machine.yaml(),
+                vcpus: f.boot.cpus,
+                memory: f.boot.memory(),
+            },
+            kernel: kernel_yaml("bench", &config, &kernel, &image),
+            cmdline: cmdline_words(&f),
+            verdict: &s.verdict,
+            figures: sum.yaml(),
+            bench_wall_s: N(started.elapsed().as_secs_f64()),
+        },
+    )?;
     let table_path = s.run_dir.join("bench-alloc.txt");
     let mut table_file = table.clone();
     for n in sum.notes() {
@@ -148,6 +133,26 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
     println!("figures: {}", yaml_path.display());
     // A benchmark reports: a missed goal is not a failure.
     Ok(0)
+}
+
+/// bench-alloc.yaml.
+#[derive(Serialize)]
+struct AllocYaml<'a> {
+    machine: AllocMachineYaml<'a>,
+    kernel: KernelYaml,
+    cmdline: Vec<String>,
+    verdict: &'a str,
+    #[serde(flatten)]
+    figures: summary::FiguresYaml<'a>,
+    bench_wall_s: N,
+}
+
+#[derive(Serialize)]
+struct AllocMachineYaml<'a> {
+    #[serde(flatten)]
+    machine: MachineYaml<'a>,
+    vcpus: u32,
+    memory: String,
 }
 
 /// The guest's `rig.bench` words for these flags.

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use serde::Serialize;
 
-use super::report::{self, Measurement, Y};
+use super::report::{self, Measurement, Pairs, N};
 use super::run::{limits, spec, tail, timed};
-use super::{boottime, kernel_yaml, Log, Machine, NO_TEST, VIRTME_FRAGMENT};
+use super::{boottime, kernel_yaml, KernelYaml, Log, Machine, NO_TEST, VIRTME_FRAGMENT};
 use crate::flags::BenchRigFlags;
 use crate::pipeline::Pipeline;
 use crate::stages::image::Image;
@@ -25,8 +26,8 @@ pub(super) fn run(
     log: &Log,
     machine: &mut Machine,
     m: &mut Measurement,
-    breakdown: &mut Y,
-    kernels: &mut Vec<Y>,
+    breakdown: &mut Option<Breakdown>,
+    kernels: &mut Vec<KernelYaml>,
 ) -> Result<()> {
     let mut common = f.boot.common.clone();
     if !common.configs.iter().any(|c| c == VIRTME_FRAGMENT) {
@@ -166,7 +167,7 @@ pub(super) fn run(
             f.runs
         ));
     }
-    *breakdown = breakdown_yaml(&phases, &stamps, console_lines, &image);
+    *breakdown = Some(breakdown_yaml(&phases, &stamps, console_lines, &image));
     Ok(())
 }
 
@@ -218,6 +219,22 @@ fn check_vng(
     Ok(code)
 }
 
+/// bench.yaml's `boot_breakdown`: where our boot's time went.
+#[derive(Serialize)]
+pub(super) struct Breakdown {
+    what: &'static str,
+    milestones: Pairs<Milestone>,
+    gaps_s: Pairs<N>,
+    console_lines_before_init: usize,
+    initramfs_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct Milestone {
+    host_s: Option<N>,
+    guest_printk_s: Option<N>,
+}
+
 /// Median host-clock time of each milestone over the runs, the gaps between
 /// them, and the guest kernel's own timestamps for the same lines.
 fn breakdown_yaml(
@@ -225,7 +242,7 @@ fn breakdown_yaml(
     stamps: &[Vec<Option<f64>>],
     console_lines: usize,
     image: &Image,
-) -> Y {
+) -> Breakdown {
     let names: Vec<&str> = boottime::MILESTONES
         .iter()
         .map(|(n, _)| *n)
@@ -239,40 +256,32 @@ fn breakdown_yaml(
         report::median(&v)
     };
     let host: Vec<Option<f64>> = (0..names.len()).map(|i| column(phases, i)).collect();
-    let mut milestones = Vec::new();
-    for (i, n) in names.iter().enumerate() {
-        milestones.push((
-            n.to_string(),
-            Y::Map(vec![
-                ("host_s".into(), Y::opt_num(host[i])),
-                ("guest_printk_s".into(), Y::opt_num(column(stamps, i))),
-            ]),
-        ));
-    }
+    let milestones = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let m = Milestone {
+                host_s: report::opt(host[i]),
+                guest_printk_s: report::opt(column(stamps, i)),
+            };
+            (n.to_string(), m)
+        })
+        .collect();
     let mut gaps = Vec::new();
     let mut prev: (&str, f64) = ("qemu_spawn", 0.0);
     for (i, n) in names.iter().enumerate() {
         if let Some(t) = host[i] {
-            gaps.push((format!("{}_to_{n}", prev.0), Y::Num(t - prev.1)));
+            gaps.push((format!("{}_to_{n}", prev.0), N(t - prev.1)));
             prev = (n, t);
         }
     }
-    let initramfs = std::fs::metadata(&image.initramfs).map_or(0, |m| m.len() as i64);
-    Y::Map(vec![
-        (
-            "what".into(),
-            Y::str(
-                "our boot on the virtme kernel: median over the runs of the host time (from QEMU \
-                 spawn) at which each console milestone first appeared in the console file, \
-                 polled every 5 ms, and the guest's printk timestamp of the same line",
-            ),
-        ),
-        ("milestones".into(), Y::Map(milestones)),
-        ("gaps_s".into(), Y::Map(gaps)),
-        (
-            "console_lines_before_init".into(),
-            Y::Int(console_lines as i64),
-        ),
-        ("initramfs_bytes".into(), Y::Int(initramfs)),
-    ])
+    Breakdown {
+        what: "our boot on the virtme kernel: median over the runs of the host time (from QEMU \
+               spawn) at which each console milestone first appeared in the console file, \
+               polled every 5 ms, and the guest's printk timestamp of the same line",
+        milestones: Pairs(milestones),
+        gaps_s: Pairs(gaps),
+        console_lines_before_init: console_lines,
+        initramfs_bytes: std::fs::metadata(&image.initramfs).map_or(0, |m| m.len()),
+    }
 }

@@ -28,7 +28,8 @@ mod run;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use serde::Serialize;
 
 use crate::flags::{BenchRigFlags, BootFlags};
 use crate::pipeline::Pipeline;
@@ -37,7 +38,7 @@ use crate::stages::kbuild::Kernel;
 use crate::stages::kconfig::Config;
 use crate::sys::progress::fmt_secs;
 use crate::{report::results, sys::lock, sys::signals};
-use report::{Measurement, Y};
+use report::{Measurement, Pairs, N};
 
 pub use alloc::run as alloc;
 
@@ -70,16 +71,25 @@ struct Machine {
     vng: Option<String>,
 }
 
+/// The machine's fields of a bench YAML file.
+#[derive(Serialize)]
+struct MachineYaml<'a> {
+    host_kernel: &'a str,
+    cpu: &'a str,
+    cores: usize,
+    qemu: &'a str,
+    accelerator: &'a str,
+}
+
 impl Machine {
-    /// The machine's fields of a bench YAML file.
-    fn yaml_fields(&self) -> Vec<(String, Y)> {
-        vec![
-            ("host_kernel".into(), Y::str(&self.kernel)),
-            ("cpu".into(), Y::str(&self.cpu)),
-            ("cores".into(), Y::Int(self.cores as i64)),
-            ("qemu".into(), Y::str(&self.qemu)),
-            ("accelerator".into(), Y::str(&self.accel)),
-        ]
+    fn yaml(&self) -> MachineYaml<'_> {
+        MachineYaml {
+            host_kernel: &self.kernel,
+            cpu: &self.cpu,
+            cores: self.cores,
+            qemu: &self.qemu,
+            accelerator: &self.accel,
+        }
     }
 
     fn probe() -> Machine {
@@ -134,7 +144,7 @@ pub fn rig(f: BenchRigFlags) -> Result<i32> {
     ));
 
     let mut ms = Vec::new();
-    let mut breakdown = Y::Null;
+    let mut breakdown = None;
     let mut kernels = Vec::new();
 
     // 1. Boot against virtme-ng.
@@ -218,10 +228,11 @@ pub fn rig(f: BenchRigFlags) -> Result<i32> {
     ms.push(cold);
 
     let table = report::table(&ms);
-    let yaml = report::to_yaml(&bench_yaml(&f, &machine, &ms, kernels, breakdown, &log));
     let yaml_path = run_dir.join("bench.yaml");
-    std::fs::write(&yaml_path, &yaml)
-        .with_context(|| format!("writing {}", yaml_path.display()))?;
+    report::write_yaml(
+        &yaml_path,
+        &bench_yaml(&f, &machine, &ms, kernels, breakdown, &log),
+    )?;
     std::fs::write(run_dir.join("table.txt"), &table)?;
     point_latest_at(&run_dir);
 
@@ -282,103 +293,130 @@ fn point_latest_at(run_dir: &Path) {
     }
 }
 
-fn kernel_yaml(role: &str, config: &Config, kernel: &Kernel, image: &Image) -> Y {
-    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len() as i64);
-    Y::Map(vec![
-        ("role".into(), Y::str(role)),
-        ("release".into(), Y::str(&kernel.release)),
-        ("configs".into(), Y::str(config.names.join("+"))),
-        (
-            "build_dir".into(),
-            Y::str(kernel.build_dir.display().to_string()),
-        ),
-        ("bzimage_bytes".into(), Y::Int(size(&kernel.bzimage))),
-        ("vmlinux_bytes".into(), Y::Int(size(&kernel.vmlinux))),
-        ("initramfs_bytes".into(), Y::Int(size(&image.initramfs))),
-    ])
+/// A kernel a bench booted, in its YAML file.
+#[derive(Serialize)]
+struct KernelYaml {
+    role: String,
+    release: String,
+    configs: String,
+    build_dir: String,
+    bzimage_bytes: u64,
+    vmlinux_bytes: u64,
+    initramfs_bytes: u64,
 }
 
-fn bench_yaml(
+fn kernel_yaml(role: &str, config: &Config, kernel: &Kernel, image: &Image) -> KernelYaml {
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    KernelYaml {
+        role: role.to_string(),
+        release: kernel.release.clone(),
+        configs: config.names.join("+"),
+        build_dir: kernel.build_dir.display().to_string(),
+        bzimage_bytes: size(&kernel.bzimage),
+        vmlinux_bytes: size(&kernel.vmlinux),
+        initramfs_bytes: size(&image.initramfs),
+    }
+}
+
+/// bench.yaml.
+#[derive(Serialize)]
+struct BenchYaml<'a> {
+    machine: RigMachineYaml<'a>,
+    flags: FlagsYaml,
+    kernels: Vec<KernelYaml>,
+    measurements: Vec<MeasurementYaml<'a>>,
+    boot_breakdown: Option<boot::Breakdown>,
+    bench_wall_s: N,
+}
+
+#[derive(Serialize)]
+struct RigMachineYaml<'a> {
+    #[serde(flatten)]
+    machine: MachineYaml<'a>,
+    virtme_ng: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct FlagsYaml {
+    runs: usize,
+    cold: bool,
+    cpus: u32,
+    memory: String,
+    jobs: usize,
+}
+
+#[derive(Serialize)]
+struct MeasurementYaml<'a> {
+    key: &'a str,
+    title: &'a str,
+    ours_measures: &'a str,
+    reference_measures: &'a str,
+    ours_s: Vec<N>,
+    reference_s: Vec<N>,
+    ours_min_s: Option<N>,
+    ours_median_s: Option<N>,
+    reference_min_s: Option<N>,
+    reference_median_s: Option<N>,
+    ratio_min: Option<N>,
+    ratio_median: Option<N>,
+    ours_stages_s: Vec<Pairs<N>>,
+    goal: N,
+    met: Option<bool>,
+    not_measured: Option<&'a str>,
+    notes: &'a [String],
+}
+
+fn bench_yaml<'a>(
     f: &BenchRigFlags,
-    machine: &Machine,
-    ms: &[Measurement],
-    kernels: Vec<Y>,
-    breakdown: Y,
+    machine: &'a Machine,
+    ms: &'a [Measurement],
+    kernels: Vec<KernelYaml>,
+    breakdown: Option<boot::Breakdown>,
     log: &Log,
-) -> Y {
-    let opt = |s: &Option<String>| s.as_ref().map_or(Y::Null, Y::str);
+) -> BenchYaml<'a> {
     let measurements = ms
         .iter()
-        .map(|m| {
-            Y::Map(vec![
-                ("key".into(), Y::str(m.key)),
-                ("title".into(), Y::str(m.title)),
-                ("ours_measures".into(), Y::str(&m.ours_what)),
-                ("reference_measures".into(), Y::str(&m.reference_what)),
-                ("ours_s".into(), Y::nums(&m.ours)),
-                ("reference_s".into(), Y::nums(&m.reference)),
-                ("ours_min_s".into(), Y::opt_num(report::min(&m.ours))),
-                ("ours_median_s".into(), Y::opt_num(report::median(&m.ours))),
-                (
-                    "reference_min_s".into(),
-                    Y::opt_num(report::min(&m.reference)),
-                ),
-                (
-                    "reference_median_s".into(),
-                    Y::opt_num(report::median(&m.reference)),
-                ),
-                ("ratio_min".into(), Y::opt_num(m.ratio())),
-                ("ratio_median".into(), Y::opt_num(m.median_ratio())),
-                (
-                    "ours_stages_s".into(),
-                    Y::List(
-                        m.ours_stages
-                            .iter()
-                            .map(|st| {
-                                Y::Map(st.iter().map(|(k, v)| (k.clone(), Y::Num(*v))).collect())
-                            })
-                            .collect(),
-                    ),
-                ),
-                ("goal".into(), Y::Num(m.goal)),
-                ("met".into(), m.met().map_or(Y::Null, Y::Bool)),
-                ("not_measured".into(), opt(&m.not_measured)),
-                (
-                    "notes".into(),
-                    Y::List(m.notes.iter().map(Y::str).collect()),
-                ),
-            ])
+        .map(|m| MeasurementYaml {
+            key: m.key,
+            title: m.title,
+            ours_measures: &m.ours_what,
+            reference_measures: &m.reference_what,
+            ours_s: report::nums(&m.ours),
+            reference_s: report::nums(&m.reference),
+            ours_min_s: report::opt(report::min(&m.ours)),
+            ours_median_s: report::opt(report::median(&m.ours)),
+            reference_min_s: report::opt(report::min(&m.reference)),
+            reference_median_s: report::opt(report::median(&m.reference)),
+            ratio_min: report::opt(m.ratio()),
+            ratio_median: report::opt(m.median_ratio()),
+            ours_stages_s: m
+                .ours_stages
+                .iter()
+                .map(|st| Pairs(st.iter().map(|(k, v)| (k.clone(), N(*v))).collect()))
+                .collect(),
+            goal: N(m.goal),
+            met: m.met(),
+            not_measured: m.not_measured.as_deref(),
+            notes: &m.notes,
         })
         .collect();
-    Y::Map(vec![
-        (
-            "machine".into(),
-            Y::Map(
-                machine
-                    .yaml_fields()
-                    .into_iter()
-                    .chain([("virtme_ng".into(), opt(&machine.vng))])
-                    .collect(),
-            ),
-        ),
-        (
-            "flags".into(),
-            Y::Map(vec![
-                ("runs".into(), Y::Int(f.runs as i64)),
-                ("cold".into(), Y::Bool(f.cold)),
-                ("cpus".into(), Y::Int(f.boot.cpus as i64)),
-                ("memory".into(), Y::str(f.boot.memory())),
-                ("jobs".into(), Y::Int(jobs(&f.boot) as i64)),
-            ]),
-        ),
-        ("kernels".into(), Y::List(kernels)),
-        ("measurements".into(), Y::List(measurements)),
-        ("boot_breakdown".into(), breakdown),
-        (
-            "bench_wall_s".into(),
-            Y::Num(log.start.elapsed().as_secs_f64()),
-        ),
-    ])
+    BenchYaml {
+        machine: RigMachineYaml {
+            machine: machine.yaml(),
+            virtme_ng: machine.vng.as_deref(),
+        },
+        flags: FlagsYaml {
+            runs: f.runs,
+            cold: f.cold,
+            cpus: f.boot.cpus,
+            memory: f.boot.memory(),
+            jobs: jobs(&f.boot),
+        },
+        kernels,
+        measurements,
+        boot_breakdown: breakdown,
+        bench_wall_s: N(log.start.elapsed().as_secs_f64()),
+    }
 }
 
 fn jobs(f: &BootFlags) -> usize {
@@ -387,4 +425,85 @@ fn jobs(f: &BootFlags) -> usize {
             .map(|n| n.get() + 1)
             .unwrap_or(2)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_yaml_flattens_the_machine_and_keeps_the_stage_order() {
+        let machine = Machine {
+            kernel: "6.1.0-1".into(),
+            cpu: "AMD EPYC".into(),
+            cores: 2,
+            qemu: "QEMU 7.2".into(),
+            accel: "tcg".into(),
+            vng: None,
+        };
+        let mut m = Measurement::new("warm", "warm", 1.5);
+        m.ours = vec![16.891, 17.07];
+        m.ours_stages = vec![vec![("build".into(), 0.0), ("boot".into(), 14.25)]];
+        let y = BenchYaml {
+            machine: RigMachineYaml {
+                machine: machine.yaml(),
+                virtme_ng: machine.vng.as_deref(),
+            },
+            flags: FlagsYaml {
+                runs: 3,
+                cold: false,
+                cpus: 4,
+                memory: "1G".into(),
+                jobs: 3,
+            },
+            kernels: vec![],
+            measurements: vec![MeasurementYaml {
+                key: m.key,
+                title: m.title,
+                ours_measures: &m.ours_what,
+                reference_measures: &m.reference_what,
+                ours_s: report::nums(&m.ours),
+                reference_s: vec![],
+                ours_min_s: report::opt(report::min(&m.ours)),
+                ours_median_s: None,
+                reference_min_s: None,
+                reference_median_s: None,
+                ratio_min: report::opt(m.ratio()),
+                ratio_median: None,
+                ours_stages_s: vec![Pairs(
+                    m.ours_stages[0]
+                        .iter()
+                        .map(|(k, v)| (k.clone(), N(*v)))
+                        .collect(),
+                )],
+                goal: N(m.goal),
+                met: m.met(),
+                not_measured: None,
+                notes: &m.notes,
+            }],
+            boot_breakdown: None,
+            bench_wall_s: N(61.23456),
+        };
+        let text = crate::report::results::to_yaml(&y).unwrap();
+        assert!(
+            text.starts_with(
+                "machine:\n  host_kernel: 6.1.0-1\n  cpu: AMD EPYC\n  cores: 2\n  qemu: QEMU 7.2\n  \
+                 accelerator: tcg\n  virtme_ng: null\nflags:\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  ours_s:\n  - 16.891\n  - 17.07\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  ours_stages_s:\n  - build: 0.0\n    boot: 14.25\n"),
+            "{text}"
+        );
+        assert!(text.contains("\n  met: null\n"), "{text}");
+        assert!(
+            text.ends_with("boot_breakdown: null\nbench_wall_s: 61.235\n"),
+            "{text}"
+        );
+    }
 }

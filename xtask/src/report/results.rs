@@ -59,8 +59,14 @@ pub fn new_stamped_dir(parent: &Path, name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// `v` as YAML. serde_yaml is used here only (it is archived upstream), so
+/// the bench's YAML files come through this too.
+pub fn to_yaml<T: Serialize>(v: &T) -> Result<String> {
+    serde_yaml::to_string(v).context("serialising YAML")
+}
+
 pub fn write_yaml(dir: &Path, results: &ResultsFile) -> Result<()> {
-    let text = serde_yaml::to_string(results).context("serialising results.yaml")?;
+    let text = to_yaml(results).context("serialising results.yaml")?;
     let path = dir.join("results.yaml");
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
