@@ -10,7 +10,7 @@ use crate::judge::verdict::{self, Problem, SnapshotCheck, SnapshotMode};
 use crate::pipeline::Pipeline;
 use crate::stages::image::Image;
 use crate::stages::kbuild::Kernel;
-use crate::sys::progress::fmt_secs;
+use crate::sys::progress::{self, fmt_secs};
 use crate::vm::{Ending, Limits, VmSpec};
 use crate::{
     judge::console, judge::ktap, report::junit, report::print, report::results, report::snapshot,
@@ -192,6 +192,10 @@ pub fn boot(
         fmt_secs(out.elapsed),
         out.first_ktap.map_or("-".to_string(), fmt_secs)
     );
+    progress::record("boot", out.elapsed.as_secs_f64());
+    if let Some(first) = out.first_ktap {
+        progress::record("boot_first_ktap", first.as_secs_f64());
+    }
 
     let mut report = ktap::parse(&out.ktap);
     let clean_exit = out.ending == Ending::Exited { code: Some(0) };
@@ -212,6 +216,7 @@ pub fn boot(
         ending: out.ending.describe(&limits),
         wall_s: started.elapsed().as_secs_f64(),
         boot_to_first_ktap_s: out.first_ktap.map(|d| d.as_secs_f64()),
+        stages_s: progress::take_times(),
     };
     Ok(Booted {
         out,

@@ -153,6 +153,7 @@ mod tests {
             ending: "guest shut down cleanly".into(),
             wall_s: 12.3456,
             boot_to_first_ktap_s: Some(1.5),
+            stages_s: vec![("build".into(), 0.0)],
         }
     }
 

@@ -84,7 +84,7 @@ pub fn build(ctx: &Ctx, tree: &Tree, config: &Config, state: &str) -> Result<Ker
         key: key.clone(),
     };
     if stamp_matches(&stamp, &key) && kernel.vmlinux.is_file() && kernel.bzimage.is_file() {
-        eprintln!("[build] up to date: {}", dir.display());
+        crate::sys::progress::up_to_date("build", &dir.display().to_string());
         return with_release(kernel);
     }
     let _ = std::fs::remove_file(&stamp);

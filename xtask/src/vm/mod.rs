@@ -55,7 +55,7 @@ pub struct Outcome {
 impl Ending {
     pub fn describe(&self, limits: &Limits) -> String {
         match self {
-            Ending::Exited { code: Some(0) } => "guest shut down cleanly".into(),
+            Ending::Exited { code: Some(0) } => CLEAN_SHUTDOWN.into(),
             Ending::Exited { code } => format!("QEMU exited with status {code:?}"),
             Ending::Panicked => "kernel panic".into(),
             Ending::BootTimeout => format!(
@@ -80,6 +80,9 @@ impl Ending {
     }
 }
 
+/// How a guest that shut down by itself is described (results.yaml's
+/// `run.ending`).
+pub const CLEAN_SHUTDOWN: &str = "guest shut down cleanly";
 /// The kernel's line for a PCI device without an interrupt.
 const NO_GSI: &str = "PCI INT A: no GSI";
 
