@@ -47,15 +47,12 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
         sizes(&f.sizes),
         f.batch
     );
-    let s = test::boot_and_judge(
-        &p,
-        &boot,
-        &config,
-        &kernel,
-        &image,
-        SnapshotMode::Off,
-        started,
-    )?;
+    let built = test::Built {
+        config: &config,
+        kernel: &kernel,
+        image: &image,
+    };
+    let s = test::boot_and_judge(&p, &boot, built, SnapshotMode::Off, started)?;
     let ktap_path = s.run_dir.join("ktap.log");
     if !s.passed {
         let mut why = vec![s.verdict.clone()];

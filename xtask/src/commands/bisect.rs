@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::commands::test::boot_and_judge;
+use crate::commands::test::{boot_and_judge, Built};
 use crate::flags::{BisectFlags, BootFlags};
 use crate::judge::verdict::SnapshotMode;
 use crate::pipeline::Pipeline;
@@ -267,7 +267,12 @@ pub fn step(f: BootFlags) -> Result<i32> {
         Ok(i) => i,
         Err(e) => return Ok(abort(&e)),
     };
-    let s = match boot_and_judge(&p, &f, &config, &kernel, &image, SnapshotMode::Off, started) {
+    let built = Built {
+        config: &config,
+        kernel: &kernel,
+        image: &image,
+    };
+    let s = match boot_and_judge(&p, &f, built, SnapshotMode::Off, started) {
         Ok(s) => s,
         Err(e) => return Ok(abort(&e)),
     };

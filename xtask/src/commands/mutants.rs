@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::commands::test::{boot_and_judge, Summary};
+use crate::commands::test::{boot_and_judge, Built, Summary};
 use crate::flags::{BootFlags, MutantsFlags};
 use crate::judge::verdict::SnapshotMode;
 use crate::pipeline::Pipeline;
@@ -465,15 +465,12 @@ fn judge(
     (config, kernel, image): (Config, Kernel, Image),
     started: Instant,
 ) -> Result<Summary> {
-    let s = boot_and_judge(
-        p,
-        boot,
-        &config,
-        &kernel,
-        &image,
-        SnapshotMode::Off,
-        started,
-    )?;
+    let built = Built {
+        config: &config,
+        kernel: &kernel,
+        image: &image,
+    };
+    let s = boot_and_judge(p, boot, built, SnapshotMode::Off, started)?;
     crate::sys::signals::check()?;
     Ok(s)
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::commands::checkpatch_exceptions::{self, Exception};
-use crate::commands::test::boot_and_judge;
+use crate::commands::test::{boot_and_judge, Built};
 use crate::flags::CheckSeriesFlags;
 use crate::judge::verdict::SnapshotMode;
 use crate::pipeline::Pipeline;
@@ -182,15 +182,12 @@ pub fn run(f: CheckSeriesFlags) -> Result<i32> {
         let mut tests_word = "-".to_string();
         if let (true, Some((tree_now, config, kernel))) = (f.boot, &build) {
             let image = crate::stages::image::build(&p.ctx, tree_now, kernel, p.progs())?;
-            let s = boot_and_judge(
-                &p,
-                &f.boot_flags,
+            let built = Built {
                 config,
                 kernel,
-                &image,
-                SnapshotMode::Off,
-                started,
-            )?;
+                image: &image,
+            };
+            let s = boot_and_judge(&p, &f.boot_flags, built, SnapshotMode::Off, started)?;
             tests_word = if s.passed_but_skips {
                 "passed".into()
             } else {

@@ -76,7 +76,12 @@ fn run_all(f: BootFlags, snapshot: SnapshotMode) -> Result<i32> {
     let started = Instant::now();
     let p = Pipeline::new(f.common.clone())?;
     let (config, kernel, image) = p.imaged()?;
-    Ok(boot_and_judge(&p, &f, &config, &kernel, &image, snapshot, started)?.exit_code())
+    let built = Built {
+        config: &config,
+        kernel: &kernel,
+        image: &image,
+    };
+    Ok(boot_and_judge(&p, &f, built, snapshot, started)?.exit_code())
 }
 
 /// What one boot concluded, for callers that go on (check-series, bisect).
@@ -232,14 +237,20 @@ pub fn boot(
     })
 }
 
+/// The pipeline's artefacts a boot needs.
+#[derive(Clone, Copy)]
+pub struct Built<'a> {
+    pub config: &'a kconfig::Config,
+    pub kernel: &'a Kernel,
+    pub image: &'a Image,
+}
+
 /// Everything after the image: boot, judge, report. `snapshot` says whether
 /// the results are compared with (or written into) the committed snapshot.
 pub fn boot_and_judge(
     p: &Pipeline,
     f: &BootFlags,
-    config: &kconfig::Config,
-    kernel: &Kernel,
-    image: &Image,
+    built: Built<'_>,
     snapshot: SnapshotMode,
     started: Instant,
 ) -> Result<Summary> {
@@ -247,10 +258,10 @@ pub fn boot_and_judge(
     let b = boot(
         p,
         f,
-        config,
-        kernel,
+        built.config,
+        built.kernel,
         &BootRequest {
-            initrd: &image.initramfs,
+            initrd: &built.image.initramfs,
             cmdline: &[],
             label: &series,
         },

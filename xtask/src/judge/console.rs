@@ -691,15 +691,7 @@ unreferenced object 0xffff888004d2a380 (size 64):
     }
 
     fn data_files() -> Vec<PathBuf> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../test_data/console");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| e.expect("dir entry").path())
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
-        assert!(!files.is_empty(), "no files in {}", dir.display());
-        files
+        crate::judge::test_data::files("console")
     }
 
     #[derive(Serialize)]

@@ -178,18 +178,9 @@ fn verdict_line(passed: bool, outcome: &Outcome<'_>, report: &Report, splats: &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::judge::test_data::read;
     use crate::{judge::console, judge::ktap};
     use std::time::Duration;
-
-    fn data(path: &str) -> String {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../test_data")
-            .join(path);
-        String::from_utf8_lossy(
-            &std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
-        )
-        .into_owned()
-    }
 
     const LIMITS: Limits = Limits {
         boot: Duration::from_secs(120),
@@ -198,20 +189,32 @@ mod tests {
     };
     const CLEAN: Ending = Ending::Exited { code: Some(0) };
 
+    /// A recorded KTAP log and console log of a run that shut down cleanly,
+    /// not compared with a snapshot, judged.
+    fn judged(ktap_file: &str, console_file: &str) -> Verdict {
+        judged_with(
+            ktap_file,
+            console_file,
+            &CLEAN,
+            SnapshotCheck::NotCompared,
+            "",
+        )
+    }
+
     /// Judges a recorded KTAP log and console log as the pipeline does:
     /// a run that did not end cleanly crashes its running test.
-    fn judged(
+    fn judged_with(
         ktap_file: &str,
         console_file: &str,
         ending: &Ending,
         snapshot: SnapshotCheck,
         stderr: &str,
     ) -> Verdict {
-        let mut report = ktap::parse(&data(ktap_file));
+        let mut report = ktap::parse(&read(ktap_file));
         if *ending != CLEAN {
             report.mark_running_crashed(&ending.describe(&LIMITS));
         }
-        let console = data(console_file);
+        let console = read(console_file);
         let panic = console::panic_message(&console);
         let outcome = Outcome {
             ending,
@@ -226,7 +229,7 @@ mod tests {
 
     #[test]
     fn all_passed_on_a_clean_console_passes() {
-        let v = judged(
+        let v = judged_with(
             "ktap/all_pass.ktap",
             "console/clean_boot.log",
             &CLEAN,
@@ -246,13 +249,7 @@ mod tests {
 
     #[test]
     fn a_skip_is_not_a_pass_but_passes_but_for_skips() {
-        let v = judged(
-            "ktap/skip.ktap",
-            "console/clean_boot.log",
-            &CLEAN,
-            SnapshotCheck::NotCompared,
-            "",
-        );
+        let v = judged("ktap/skip.ktap", "console/clean_boot.log");
         assert!(!v.passed);
         assert!(v.passed_but_skips);
         assert_eq!(
@@ -263,7 +260,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_difference_fails_but_passes_but_for_skips() {
-        let v = judged(
+        let v = judged_with(
             "ktap/all_pass.ktap",
             "console/clean_boot.log",
             &CLEAN,
@@ -285,13 +282,7 @@ mod tests {
 
     #[test]
     fn a_failed_test_fails() {
-        let v = judged(
-            "ktap/one_fail.ktap",
-            "console/clean_boot.log",
-            &CLEAN,
-            SnapshotCheck::NotCompared,
-            "",
-        );
+        let v = judged("ktap/one_fail.ktap", "console/clean_boot.log");
         assert!(!v.passed && !v.passed_but_skips);
         assert!(
             v.line.starts_with("FAIL (results): 3 passed, 1 failed"),
@@ -302,7 +293,7 @@ mod tests {
 
     #[test]
     fn a_splat_fails_a_run_whose_tests_all_passed() {
-        let v = judged(
+        let v = judged_with(
             "ktap/all_pass.ktap",
             "console/warn_on.log",
             &CLEAN,
@@ -321,7 +312,7 @@ mod tests {
 
     #[test]
     fn a_panic_names_the_panic_and_crashes_the_running_test() {
-        let v = judged(
+        let v = judged_with(
             "ktap/crash_truncated.ktap",
             "console/null_deref_panic.log",
             &Ending::Panicked,
@@ -345,7 +336,7 @@ mod tests {
     #[test]
     fn a_hang_names_the_ending_and_quotes_qemu() {
         let ending = Ending::Silence;
-        let v = judged(
+        let v = judged_with(
             "ktap/crash_truncated.ktap",
             "console/clean_boot.log",
             &ending,
@@ -370,13 +361,7 @@ mod tests {
 
     #[test]
     fn protocol_errors_are_problems_and_no_ktap_is_one_too() {
-        let v = judged(
-            "ktap/protocol_errors.ktap",
-            "console/clean_boot.log",
-            &CLEAN,
-            SnapshotCheck::NotCompared,
-            "",
-        );
+        let v = judged("ktap/protocol_errors.ktap", "console/clean_boot.log");
         assert!(!v.passed && !v.passed_but_skips);
         assert!(!v.problems.is_empty() && v.problems.iter().all(|p| matches!(p, Problem::Ktap(_))));
         let report = ktap::parse("");

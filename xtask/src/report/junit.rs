@@ -141,22 +141,6 @@ fn xml_text(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn info() -> RunInfo {
-        RunInfo {
-            kernel: "6.1.0".into(),
-            series: "global-ma".into(),
-            configs: vec!["base".into()],
-            config_hash: "0123456789abcdef".into(),
-            cpus: 4,
-            memory: "1G".into(),
-            accel: "tcg".into(),
-            ending: "guest shut down cleanly".into(),
-            wall_s: 12.3456,
-            boot_to_first_ktap_s: Some(1.5),
-            stages_s: vec![("build".into(), 0.0)],
-        }
-    }
-
     #[test]
     fn one_case_per_test_and_one_for_the_console() {
         let report = crate::judge::ktap::parse(
@@ -167,7 +151,15 @@ mod tests {
             "[    1.0] WARNING: CPU: 0 PID: 1 at kernel/bpf/x.c:1 f+0x0/0x1\n[    1.1] ---[ end trace 0 ]---\n",
         );
         assert_eq!(splats.len(), 1);
-        let x = render(&info(), &report, &splats).unwrap();
+        let x = render(
+            &RunInfo {
+                wall_s: 12.3456,
+                ..RunInfo::sample()
+            },
+            &report,
+            &splats,
+        )
+        .unwrap();
         assert!(
             x.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n"),
             "{x}"

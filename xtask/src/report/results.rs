@@ -133,16 +133,10 @@ pub fn status_name(s: Status) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::judge::ktap;
-
-    /// What the bench reads back is what a run wrote, stage order kept.
-    #[test]
-    fn the_run_summary_reads_back_what_write_yaml_wrote() {
-        let dir = std::env::temp_dir().join(format!("xtask-results-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let info = RunInfo {
+impl RunInfo {
+    /// A run as the tests need one: 4 vCPUs under TCG, a clean shutdown.
+    pub fn sample() -> RunInfo {
+        RunInfo {
             kernel: "6.1.0".into(),
             series: "global-ma".into(),
             configs: vec!["base".into()],
@@ -159,7 +153,21 @@ mod tests {
                 ("boot".into(), 7.0),
                 ("boot_first_ktap".into(), 3.1),
             ],
-        };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::ktap;
+
+    /// What the bench reads back is what a run wrote, stage order kept.
+    #[test]
+    fn the_run_summary_reads_back_what_write_yaml_wrote() {
+        let dir = std::env::temp_dir().join(format!("xtask-results-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let info = RunInfo::sample();
         let report = ktap::parse("KTAP version 1\n1..1\nok 1 a\n");
         write_yaml(
             &dir,

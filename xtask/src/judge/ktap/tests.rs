@@ -496,15 +496,7 @@ fn absurd_plan_does_not_allocate_forever() {
 }
 
 fn data_files() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../test_data/ktap");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no files in {}", dir.display());
-    files
+    crate::judge::test_data::files("ktap")
 }
 
 /// The parse of every file in test_data/ktap/, with the helpers' view.
