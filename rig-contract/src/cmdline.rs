@@ -40,7 +40,13 @@ pub enum Word {
     Bench(String),
     /// `rig.bench.<param>=VALUE`: a parameter of the benchmark.
     BenchParam(String, String),
+    /// `rig.probe=1`: the accelerator probe's boot; images/init answers
+    /// [`PROBE_OK`] on the console instead of running the selftests.
+    Probe,
 }
+
+/// What images/init prints on the console for [`Word::Probe`].
+pub const PROBE_OK: &str = "rig: probe ok";
 
 impl fmt::Display for Word {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -52,6 +58,7 @@ impl fmt::Display for Word {
             Word::Fault(s) => write!(f, "rig.fault={s}"),
             Word::Bench(s) => write!(f, "rig.bench={s}"),
             Word::BenchParam(k, v) => write!(f, "rig.bench.{k}={v}"),
+            Word::Probe => f.write_str("rig.probe=1"),
         }
     }
 }
@@ -165,6 +172,19 @@ mod tests {
         );
         let w = parse(&Word::Suite(Suite::Selftests).word()).unwrap();
         assert_eq!(w.suite, Some(Suite::Selftests));
+    }
+
+    /// The probe is answered by the init script, not by Rust: check that
+    /// the script reads the word and prints the answer this crate names.
+    #[test]
+    fn the_init_script_answers_the_probe() {
+        let init = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../images/init"))
+            .expect("images/init");
+        assert!(
+            init.contains(&format!("*\" {} \"*)", Word::Probe.word())),
+            "{init}"
+        );
+        assert!(init.contains(&format!("echo \"{PROBE_OK}\"")), "{init}");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! | what | written by | read by | module |
 //! |---|---|---|---|
 //! | KTAP lines (`KTAP version 1`, `1..N`, `# plan:`, `# start:`, `# duration_ms:`, results, nested subtest headers) | guest | host | [`ktap`] |
-//! | `rig.*` kernel command-line words | host | guest | [`cmdline`] |
+//! | `rig.*` kernel command-line words | host | guest (`rig.probe=1`: images/init) | [`cmdline`] |
+//! | `rig: probe ok`, the init script's answer to the accelerator probe | guest | host | [`cmdline`] |
 //! | `# bench: <kind> k=v ...` figures | guest | host | [`bench`] |
 //! | `# rig: inject-nmi`, the request for an external NMI | guest | host | [`request`] |
 //! | the runner's "no virtio port named `ktap`" console message | guest | host | [`port`] |

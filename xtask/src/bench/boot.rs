@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::report::{self, Measurement, Pairs, N};
 use super::run::{limits, spec, tail, timed};
-use super::{boottime, kernel_yaml, KernelYaml, Log, Machine, NO_TEST, VIRTME_FRAGMENT};
+use super::{boottime, kernel_yaml, no_test, KernelYaml, Log, Machine, VIRTME_FRAGMENT};
 use crate::flags::BenchRigFlags;
 use crate::pipeline::Pipeline;
 use crate::stages::image::Image;
@@ -64,11 +64,12 @@ pub(super) fn run(
     vng_args.push("--force-9p".into());
     m.ours_what = format!(
         "QEMU spawn to the first KTAP line on the virtio-serial port (vm::run's first_ktap): \
-         vmlinux via PVH + our initramfs ({} vCPUs, {}, {}), kernel command line + `{NO_TEST}` \
+         vmlinux via PVH + our initramfs ({} vCPUs, {}, {}), kernel command line + `{}` \
          so no selftest runs after the header",
         f.boot.cpus,
         f.boot.memory(),
-        accel.name()
+        accel.name(),
+        no_test()
     );
     m.reference_what = format!(
         "`vng {}` from process spawn to exit (host root over virtio-9p, virtme-ng-init runs \
@@ -93,7 +94,7 @@ pub(super) fn run(
         signals::check()?;
         // Ours.
         let name = format!("boot-ours-{i}");
-        let mut cmdline = vec![NO_TEST.to_string()];
+        let mut cmdline = vec![no_test()];
         cmdline.extend(f.boot.append.iter().cloned());
         let s = spec(&f.boot, &kernel, &image, &accel, run_dir, &name, cmdline);
         if i == 1 {

@@ -45,7 +45,9 @@ pub use alloc::run as alloc;
 /// The config fragment that lets vng boot the kernel (9p root, overlayfs).
 const VIRTME_FRAGMENT: &str = "virtme";
 /// A filter no selftest matches: the runner prints the KTAP header and ends.
-const NO_TEST: &str = "rig.filter=bench-boot-only";
+fn no_test() -> String {
+    rig_contract::cmdline::Word::Filter("bench-boot-only".into()).word()
+}
 /// The file the rebuild measurement edits (and always restores).
 const EDITED: &str = "kernel/bpf/memalloc.c";
 /// How long one `cargo xtask test` child may take.

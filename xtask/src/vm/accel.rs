@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use rig_contract::cmdline::{Word, PROBE_OK};
 
 use crate::context::Ctx;
 use crate::flags;
@@ -105,7 +106,7 @@ fn probe(ctx: &Ctx, kernel: &Path, initrd: &Path) -> Result<Accel> {
             accel: Accel::Kvm(cpu.to_string()),
             console_log: dir.join(format!("console-{cpu}.log")),
             ktap_log: dir.join(format!("ktap-{cpu}.log")),
-            cmdline: vec!["rig.probe=1".into()],
+            cmdline: vec![Word::Probe.word()],
             qmp: None,
         };
         let limits = Limits {
@@ -115,7 +116,7 @@ fn probe(ctx: &Ctx, kernel: &Path, initrd: &Path) -> Result<Accel> {
         };
         let out = probe_once(&spec, &limits, &dir.join(format!("qemu-{cpu}.stderr")))?;
         if let Some(out) = out {
-            if out.console.contains("rig: probe ok") {
+            if out.console.contains(PROBE_OK) {
                 eprintln!("[boot] KVM works here (-cpu {cpu})");
                 return Ok(Accel::Kvm(cpu.to_string()));
             }
