@@ -1,7 +1,9 @@
 //! KTAP / TAP parser for the guest runner's output, in the spirit of the
-//! kernel's `tools/testing/kunit/kunit_parser.py`: line by line, one regex per
-//! line kind, never panics and never fails. Whatever is odd about the input
-//! ends up in [`Report::problems`] instead of an error.
+//! kernel's `tools/testing/kunit/kunit_parser.py`: one classifier per line
+//! kind (`rig_contract::ktap::classify`), a recursive parse that keeps the
+//! test tree (parser.rs), statuses derived from the tree afterwards; never
+//! panics and never fails. Whatever is odd about the input ends up in
+//! [`Report::problems`] instead of an error.
 //!
 //! # The contract with the guest runner
 //!
@@ -87,8 +89,6 @@ mod tests;
 use regex::Regex;
 use serde::Serialize;
 use std::sync::OnceLock;
-
-use parser::Parser;
 
 /// The verdict for one test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -212,19 +212,7 @@ fn is_running(t: &TestResult) -> bool {
 /// both; a kernel console prefix (`<6>`, `[   1.23]`, `[  T12]`) dropped;
 /// anything before the first structural line ignored.
 pub fn parse(input: &str) -> Report {
-    let mut parser = Parser::default();
-    // The last line is unterminated when the input does not end in a line
-    // break: it may have been cut.
-    let terminated = input.ends_with(['\n', '\r']);
-    let mut lines = input
-        .split(['\n', '\r'])
-        .filter(|l| !l.trim().is_empty())
-        .peekable();
-    while let Some(line) = lines.next() {
-        let last_unterminated = !terminated && lines.peek().is_none();
-        parser.line(line, last_unterminated);
-    }
-    parser.finish()
+    parser::parse(input)
 }
 
 /// `[   12.345678] ` kernel timestamp, optional `[  T123]` caller id: the

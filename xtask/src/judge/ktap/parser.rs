@@ -1,5 +1,8 @@
-//! The KTAP parser's machinery: a stack of levels, one per open nested
-//! block, fed one classified line at a time (see the rules in mod.rs).
+//! The KTAP parser, in the style of the kernel's kunit_parser.py: a
+//! recursive parse that keeps the test tree (a nested block is parsed by a
+//! recursive call and hangs under the test whose result claims it), then the
+//! statuses are derived from the tree and its leaves flattened. Problems are
+//! counted in the order they are met, never raised. The rules are mod.rs'.
 
 use std::collections::HashSet;
 
@@ -10,28 +13,81 @@ use super::{
     NO_RESULT_EOF, NO_RESULT_NEXT, NO_RESULT_PARENT,
 };
 
-#[derive(Default)]
-struct Level {
+/// One non-blank line, classified.
+struct Ln<'a> {
     indent: usize,
-    /// From `# Subtest: name`.
-    name: Option<String>,
-    header: bool,
-    planned: Option<usize>,
-    plan_names: Option<Vec<String>>,
-    /// Finished entries, names relative to this level.
-    tests: Vec<TestResult>,
-    /// Results at this level, crashed tests included.
-    slots: usize,
-    numbers: HashSet<usize>,
-    last_number: usize,
-    /// Names that started or reported at this level.
-    seen_names: HashSet<String>,
-    running: Option<Running>,
-    /// Diagnostics since the last result (or `# start:`).
-    pending: Vec<String>,
-    duration: Option<u64>,
-    /// A closed nested block waiting for this level's next result line.
-    child: Option<Block>,
+    /// Without the kernel's console prefix.
+    text: &'a str,
+    /// `text` trimmed.
+    content: &'a str,
+    kind: Line<'a>,
+    /// The input's last line, with no line break after it: maybe cut.
+    last_unterminated: bool,
+}
+
+/// Splits `input` into classified lines.
+///
+/// Accepted format: lines ending in LF, CR or both; blank lines ignored; a
+/// kernel console prefix (`<6>`, `[   1.23]`, `[  T12]`) dropped.
+fn lines(input: &str) -> Vec<Ln<'_>> {
+    let terminated = input.ends_with(['\n', '\r']);
+    let raw: Vec<&str> = input
+        .split(['\n', '\r'])
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let n = raw.len();
+    raw.into_iter()
+        .enumerate()
+        .filter_map(|(i, raw)| {
+            let text = prefix().find(raw).map_or(raw, |m| &raw[m.end()..]);
+            let content = text.trim();
+            (!content.is_empty()).then(|| Ln {
+                indent: indent_of(text),
+                text,
+                content,
+                kind: classify(content),
+                last_unterminated: !terminated && i + 1 == n,
+            })
+        })
+        .collect()
+}
+
+/// A test as the stream wrote it; its status is derived in [`flatten`].
+struct Node {
+    number: Option<usize>,
+    name: String,
+    end: End,
+    duration_ms: Option<u64>,
+    skip_reason: Option<String>,
+    diagnostics: Vec<String>,
+    /// The nested block this test claimed, and how.
+    block: Option<(Block, Claim)>,
+}
+
+/// How a test ended.
+#[derive(Clone, Copy, PartialEq)]
+enum End {
+    Passed,
+    Failed,
+    Skipped,
+    /// Started (or had a block) and never reported.
+    NoResult,
+    /// Planned and never started.
+    NotRun,
+    /// Stands for a finished block no result line claimed: its status is
+    /// its children's.
+    Unclaimed,
+}
+
+/// How a test came to own its nested block.
+#[derive(Clone, Copy, PartialEq)]
+enum Claim {
+    /// By its result line (or by crashing when the next test started).
+    Reported,
+    /// The output ended before it reported.
+    Unfinished,
+    /// Nothing claimed the block; the node stands for it.
+    Missing,
 }
 
 struct Running {
@@ -39,28 +95,34 @@ struct Running {
     number: Option<usize>,
 }
 
-/// A finished nested block, waiting to be attached to its parent's result.
+/// One level of the tree: the top-level stream or a nested block.
+#[derive(Default)]
 struct Block {
+    indent: usize,
+    /// From `# Subtest: name`.
     name: Option<String>,
-    tests: Vec<TestResult>,
-    /// Diagnostics left over after its last result.
-    leftover: Vec<String>,
+    header: bool,
+    planned: Option<usize>,
+    plan_names: Option<Vec<String>>,
+    nodes: Vec<Node>,
+    /// Results at this level, crashed tests included.
+    slots: usize,
+    numbers: HashSet<usize>,
+    last_number: usize,
+    /// Names that started or reported at this level.
+    seen_names: HashSet<String>,
+    running: Option<Running>,
+    /// Diagnostics since the last result (or `# start:`); once the block is
+    /// closed, those after its last result.
+    pending: Vec<String>,
+    duration: Option<u64>,
+    /// A closed nested block waiting for this level's next result line.
+    child: Option<Box<Block>>,
     /// Closed because the output ended.
     unfinished: bool,
 }
 
-/// Why a parent entry is being combined with its child block.
-#[derive(Clone, Copy, PartialEq)]
-enum Parent {
-    /// The parent's result line arrived.
-    Reported,
-    /// The output ended before the parent reported.
-    Unfinished,
-    /// The block was followed by something other than its parent's result.
-    Missing,
-}
-
-impl Level {
+impl Block {
     fn label(&self, root: bool) -> String {
         match (&self.name, root) {
             (_, true) => String::new(),
@@ -70,16 +132,7 @@ impl Level {
     }
 
     fn has_content(&self) -> bool {
-        self.slots > 0 || self.running.is_some() || self.child.is_some() || !self.tests.is_empty()
-    }
-
-    /// The number a test without one most likely has: its position in the
-    /// plan, else the one after the last number.
-    fn guess_number(&self, name: &str) -> usize {
-        self.plan_names
-            .as_ref()
-            .and_then(|names| names.iter().position(|n| n == name))
-            .map_or(self.last_number + 1, |i| i + 1)
+        self.slots > 0 || self.running.is_some() || self.child.is_some() || !self.nodes.is_empty()
     }
 
     fn take_number(&mut self, n: usize) {
@@ -87,252 +140,209 @@ impl Level {
         self.last_number = n;
     }
 
-    /// Files `result` (with the child block, if any) as the next result.
-    fn add_result(&mut self, mut result: TestResult, kind: Parent) {
+    /// Files `node` as the next result, with the waiting child block.
+    fn add(&mut self, mut node: Node, claim: Claim) {
         self.slots += 1;
-        let Some(block) = self.child.take() else {
-            self.tests.push(result);
+        node.block = self.child.take().map(|b| (*b, claim));
+        self.nodes.push(node);
+    }
+
+    /// The running test (if any) never reported.
+    fn crash_running(&mut self, why: &'static str) {
+        let Some(r) = self.running.take() else {
             return;
         };
-        // Lines after the block's last result; the "still running" marker
-        // stays last.
-        let marker = match kind {
-            Parent::Unfinished => result.diagnostics.pop(),
-            _ => None,
+        let mut diagnostics = std::mem::take(&mut self.pending);
+        diagnostics.push(why.to_string());
+        // Its position in the plan, else the one after the last number.
+        let number = r.number.unwrap_or_else(|| {
+            self.plan_names
+                .as_ref()
+                .and_then(|names| names.iter().position(|n| *n == r.name))
+                .map_or(self.last_number + 1, |i| i + 1)
+        });
+        self.take_number(number);
+        let claim = if why == NO_RESULT_EOF {
+            Claim::Unfinished
+        } else {
+            Claim::Reported
         };
-        result.diagnostics.extend(block.leftover);
-        result.diagnostics.extend(marker);
-        let children: Vec<TestResult> = block
-            .tests
-            .into_iter()
-            .map(|mut t| {
-                t.name = format!("{}.{}", result.name, t.name);
-                t
-            })
-            .collect();
-        let failing = |t: &TestResult| matches!(t.status, Status::Failed | Status::Crashed);
-        let keep_parent = children.is_empty()
-            || match kind {
-                Parent::Reported => failing(&result) && !children.iter().any(failing),
-                Parent::Unfinished => !children.iter().any(is_running),
-                Parent::Missing => false,
-            };
-        self.tests.extend(children);
-        if keep_parent {
-            self.tests.push(result);
-        }
+        let node = Node {
+            number: Some(number),
+            name: r.name,
+            end: End::NoResult,
+            duration_ms: self.duration.take(),
+            skip_reason: None,
+            diagnostics,
+            block: None,
+        };
+        self.add(node, claim);
     }
 
-    /// The running test (if any) never reported: it is crashed.
-    fn crash_running(&mut self, why: &str) {
-        if let Some(r) = self.running.take() {
-            let mut diagnostics = std::mem::take(&mut self.pending);
-            diagnostics.push(why.to_string());
-            let number = r.number.unwrap_or_else(|| self.guess_number(&r.name));
-            self.take_number(number);
-            let kind = if why == NO_RESULT_EOF {
-                Parent::Unfinished
-            } else {
-                Parent::Reported
-            };
-            let result = TestResult {
-                number: Some(number),
-                name: r.name,
-                status: Status::Crashed,
-                duration_ms: self.duration.take(),
-                skip_reason: None,
-                diagnostics,
-            };
-            self.add_result(result, kind);
-        }
-    }
-
-    /// A child block that no result line claimed.
+    /// A child block that no result line claimed gets a node of its own.
     fn flush_child(&mut self, problems: &mut Vec<String>, label: &str) {
-        let Some(mut block) = self.child.take() else {
+        let Some(block) = &mut self.child else {
             return;
         };
         let number = self.last_number + 1;
         let name = block.name.clone().unwrap_or_else(|| format!("#{number}"));
-        let (status, kind, diagnostics) = if block.unfinished {
+        let (end, claim, diagnostics) = if block.unfinished {
             let mut d = std::mem::take(&mut self.pending);
-            d.append(&mut block.leftover);
+            d.append(&mut block.pending);
             d.push(NO_RESULT_EOF.to_string());
-            (Status::Crashed, Parent::Unfinished, d)
+            (End::NoResult, Claim::Unfinished, d)
         } else {
             problems.push(format!("{label}subtest '{name}' has no result line"));
-            (aggregate(&block.tests), Parent::Missing, Vec::new())
+            (End::Unclaimed, Claim::Missing, Vec::new())
         };
-        self.child = Some(block);
         self.take_number(number);
         self.seen_names.insert(name.clone());
-        let result = TestResult {
+        let node = Node {
             number: Some(number),
             name,
-            status,
+            end,
             duration_ms: None,
             skip_reason: None,
             diagnostics,
+            block: None,
         };
-        self.add_result(result, kind);
+        self.add(node, claim);
     }
 }
 
-/// The status a block's parent would have had.
-fn aggregate(tests: &[TestResult]) -> Status {
-    let any = |s: Status| tests.iter().any(|t| t.status == s);
-    if any(Status::Crashed) {
-        Status::Crashed
-    } else if any(Status::Failed) || any(Status::NotRun) {
-        Status::Failed
-    } else if !tests.is_empty() && tests.iter().all(|t| t.status == Status::Skipped) {
-        Status::Skipped
-    } else {
-        Status::Passed
-    }
-}
-
-#[derive(Default)]
-pub(super) struct Parser {
-    levels: Vec<Level>,
+struct Parser<'l, 'a> {
+    lines: &'l [Ln<'a>],
+    pos: usize,
     version: Option<String>,
-    planned: Option<usize>,
     problems: Vec<String>,
 }
 
-impl Parser {
-    pub(super) fn line(&mut self, raw: &str, last_unterminated: bool) {
-        let text = match prefix().find(raw) {
-            Some(m) => &raw[m.end()..],
-            None => raw,
+/// Parses a KTAP stream into its test tree and derives the report from it.
+///
+/// Accepted format: see mod.rs; anything before the first structural line
+/// (header, plan, result, `# start:`, `# plan:`, ...) is boot noise.
+pub(super) fn parse(input: &str) -> Report {
+    let lines = lines(input);
+    let Some(first) = lines.iter().position(|l| l.kind.is_structural()) else {
+        return Report {
+            problems: vec!["no KTAP output (no header, plan or result)".to_string()],
+            ..Report::default()
         };
-        let indent = indent_of(text);
-        let content = text.trim();
-        if content.is_empty() {
-            return;
-        }
-        let kind = classify(content);
+    };
+    let mut p = Parser {
+        lines: &lines[first..],
+        pos: 0,
+        version: None,
+        problems: Vec::new(),
+    };
+    if !matches!(lines[first].kind, Line::Version(_)) {
+        p.problems.push("missing KTAP version header".to_string());
+    }
+    let mut root = Block {
+        indent: lines[first].indent,
+        ..Block::default()
+    };
+    p.block(&mut root, true);
+    p.finish(&mut root, true, true);
+    Report {
+        version: p.version,
+        planned: root.planned,
+        tests: flatten(root.nodes),
+        problems: p.problems,
+    }
+}
 
-        if self.levels.is_empty() {
-            // Before the stream starts: kernel boot noise, ignored.
-            if !kind.is_structural() {
+impl Parser<'_, '_> {
+    /// Parses the lines of block `b` up to the structural line that closes
+    /// it (indented less than the block; it is left for the parent) or the
+    /// end of the output. A deeper `KTAP version` line opens a nested block,
+    /// parsed by a recursive call.
+    ///
+    /// Accepted format: the lines of `rig_contract::ktap`, at the block's
+    /// indentation; a nested block's header, then its `# Subtest:` name and
+    /// plan; diagnostics and kernel messages at any indentation belong to
+    /// the innermost open block.
+    fn block(&mut self, b: &mut Block, root: bool) {
+        let lines = self.lines;
+        while let Some(ln) = lines.get(self.pos) {
+            if !root && ln.kind.is_structural() && ln.indent < b.indent {
                 return;
             }
-            if !matches!(kind, Line::Version(_)) {
-                self.problems
-                    .push("missing KTAP version header".to_string());
-            }
-            self.levels.push(Level {
-                indent,
-                ..Level::default()
-            });
-        }
-
-        if kind.is_structural() {
-            while self.levels.len() > 1 && self.top().indent > indent {
-                self.close_top(false);
-            }
-        }
-
-        let deeper = indent > self.top().indent;
-        let root = self.levels.len() == 1;
-        match kind {
-            Line::Version(v) => {
-                if deeper {
-                    self.open(indent);
-                } else if root && self.version.is_none() && !self.top().has_content() {
-                    self.version = Some(v.to_string());
-                    self.top().header = true;
-                } else if !root && !self.top().header && !self.top().has_content() {
-                    self.top().header = true;
-                } else {
-                    let label = self.label();
-                    self.problems
-                        .push(format!("{label}unexpected '{v}' line ignored"));
+            self.pos += 1;
+            let deeper = ln.indent > b.indent;
+            let label = b.label(root);
+            match &ln.kind {
+                Line::Version(_) if deeper => {
+                    let mut child = Block {
+                        indent: ln.indent,
+                        header: true,
+                        ..Block::default()
+                    };
+                    self.block(&mut child, false);
+                    let eof = self.pos >= lines.len();
+                    self.finish(&mut child, eof, false);
+                    child.unfinished = eof;
+                    b.flush_child(&mut self.problems, &label);
+                    b.child = Some(Box::new(child));
                 }
-            }
-            Line::Subtest(name) => {
-                if !root && self.top().name.is_none() && !self.top().has_content() {
-                    self.top().name = Some(name.to_string());
-                } else {
-                    let text = format!("Subtest: {name}");
-                    self.top().pending.push(text);
-                }
-            }
-            Line::Plan(n) => {
-                let top = self.top();
-                if top.planned.is_some() {
-                    let label = self.label();
-                    self.problems
-                        .push(format!("{label}second plan line '1..{n}' ignored"));
-                } else {
-                    top.planned = Some(n);
-                    if root {
-                        self.planned = Some(n);
+                Line::Version(v) => {
+                    if root && self.version.is_none() && !b.has_content() {
+                        self.version = Some(v.to_string());
+                        b.header = true;
+                    } else if !root && !b.header && !b.has_content() {
+                        b.header = true;
+                    } else {
+                        self.problems
+                            .push(format!("{label}unexpected '{v}' line ignored"));
                     }
                 }
-            }
-            Line::PlanNames(names) => {
-                if self.top().plan_names.is_some() {
-                    let label = self.label();
-                    self.problems
-                        .push(format!("{label}second '# plan:' line ignored"));
-                } else {
-                    self.top().plan_names = Some(names);
+                Line::Subtest(name) => {
+                    if !root && b.name.is_none() && !b.has_content() {
+                        b.name = Some(name.to_string());
+                    } else {
+                        b.pending.push(format!("Subtest: {name}"));
+                    }
                 }
-            }
-            Line::Start(name) => self.start(name, last_unterminated),
-            Line::Duration(ms) => self.top().duration = Some(ms),
-            Line::Result {
-                ok,
-                number,
-                name,
-                directive,
-            } => self.result(ok, number, name, directive, last_unterminated, content),
-            Line::BailOut(reason) => {
-                let label = self.label();
-                self.problems.push(format!("{label}bail out: {reason}"));
-            }
-            Line::Diagnostic(text) => {
-                // The innermost level: KUnit indents a parameterised test's
-                // diagnostics less than its results.
-                self.top().pending.push(text.to_string());
-            }
-            Line::Other => {
-                // Kernel messages and continuation lines: the innermost level.
-                let top = self.top();
-                let text = dedent(text, top.indent).to_string();
-                top.pending.push(text);
+                Line::Plan(n) => {
+                    if b.planned.is_some() {
+                        self.problems
+                            .push(format!("{label}second plan line '1..{n}' ignored"));
+                    } else {
+                        b.planned = Some(*n);
+                    }
+                }
+                Line::PlanNames(names) => {
+                    if b.plan_names.is_some() {
+                        self.problems
+                            .push(format!("{label}second '# plan:' line ignored"));
+                    } else {
+                        b.plan_names = Some(names.clone());
+                    }
+                }
+                Line::Start(name) => self.start(b, &label, name, ln.last_unterminated),
+                Line::Duration(ms) => b.duration = Some(*ms),
+                Line::Result {
+                    ok,
+                    number,
+                    name,
+                    directive,
+                } => self.result(b, &label, ln, *ok, *number, name, directive.as_deref()),
+                Line::BailOut(reason) => self.problems.push(format!("{label}bail out: {reason}")),
+                // KUnit indents a parameterised test's diagnostics less than
+                // its results: they belong to the innermost block.
+                Line::Diagnostic(text) => b.pending.push(text.to_string()),
+                // Kernel messages and continuation lines.
+                Line::Other => b.pending.push(dedent(ln.text, b.indent).to_string()),
             }
         }
     }
 
-    fn top(&mut self) -> &mut Level {
-        if self.levels.is_empty() {
-            self.levels.push(Level::default());
-        }
-        let i = self.levels.len() - 1;
-        &mut self.levels[i]
-    }
-
-    fn label(&mut self) -> String {
-        let root = self.levels.len() <= 1;
-        self.top().label(root)
-    }
-
-    /// A nested block, opened by its `KTAP version` line.
-    fn open(&mut self, indent: usize) {
-        self.levels.push(Level {
-            indent,
-            header: true,
-            ..Level::default()
-        });
-    }
-
-    fn start(&mut self, name: &str, last_unterminated: bool) {
-        let label = self.label();
-        let top = self.top();
-        let planned = top
+    /// `# start: name`: the test runs from here on.
+    ///
+    /// Accepted format: a name from the plan (when there is one); a cut last
+    /// line naming no planned test is ignored.
+    fn start(&mut self, b: &mut Block, label: &str, name: &str, last_unterminated: bool) {
+        let planned = b
             .plan_names
             .as_ref()
             .map(|names| names.iter().any(|n| n == name));
@@ -342,154 +352,133 @@ impl Parser {
             ));
             return;
         }
-        top.crash_running(NO_RESULT_NEXT);
-        let mut problems = Vec::new();
-        top.flush_child(&mut problems, &label);
+        b.crash_running(NO_RESULT_NEXT);
+        b.flush_child(&mut self.problems, label);
         if planned == Some(false) {
-            problems.push(format!("{label}'{name}' started but is not in the plan"));
+            self.problems
+                .push(format!("{label}'{name}' started but is not in the plan"));
         }
-        if !top.seen_names.insert(name.to_string()) {
-            problems.push(format!("{label}'{name}' started again"));
+        if !b.seen_names.insert(name.to_string()) {
+            self.problems.push(format!("{label}'{name}' started again"));
         }
-        top.pending.clear();
-        top.duration = None;
-        let number = top
+        b.pending.clear();
+        b.duration = None;
+        let number = b
             .plan_names
             .as_ref()
             .and_then(|names| names.iter().position(|n| n == name))
             .map(|i| i + 1);
-        top.running = Some(Running {
+        b.running = Some(Running {
             name: name.to_string(),
             number,
         });
-        self.problems.extend(problems);
     }
 
+    /// A result line: the running test's, or a test's without `# start:`.
+    ///
+    /// Accepted format: `ok|not ok [N] [- ]name [# directive]`; numbers in
+    /// order from 1; a cut last line is believed only if it names the
+    /// running (or a planned) test and has a number.
+    #[allow(clippy::too_many_arguments)]
     fn result(
         &mut self,
+        b: &mut Block,
+        label: &str,
+        ln: &Ln<'_>,
         ok: bool,
         number: Option<usize>,
-        name: String,
-        directive: Option<String>,
-        last_unterminated: bool,
-        content: &str,
+        name: &str,
+        directive: Option<&str>,
     ) {
-        let label = self.label();
-        let mut problems = Vec::new();
-        let top = self.top();
         let name = if name.is_empty() {
-            format!("#{}", number.unwrap_or(top.last_number + 1))
+            format!("#{}", number.unwrap_or(b.last_number + 1))
         } else {
-            name
+            name.to_string()
         };
-        if last_unterminated {
-            let plausible = match (&top.running, &top.plan_names) {
+        if ln.last_unterminated {
+            let plausible = match (&b.running, &b.plan_names) {
                 (Some(r), _) => r.name == name,
                 (None, Some(names)) => names.contains(&name),
                 (None, None) => true,
             };
             if !plausible || number.is_none() {
-                self.problems
-                    .push(format!("{label}ignored truncated final line '{content}'"));
+                self.problems.push(format!(
+                    "{label}ignored truncated final line '{}'",
+                    ln.content
+                ));
                 return;
             }
         }
-        if let Some(r) = &top.running {
+        let mut problems = Vec::new();
+        if let Some(r) = &b.running {
             if r.name != name {
                 problems.push(format!(
                     "{label}result for '{name}' while '{}' was running",
                     r.name
                 ));
-                top.crash_running(NO_RESULT_NEXT);
+                b.crash_running(NO_RESULT_NEXT);
             }
         }
-        let running = top.running.take();
-        if running.is_none() && !top.seen_names.insert(name.clone()) {
+        if b.running.take().is_none() && !b.seen_names.insert(name.clone()) {
             problems.push(format!("{label}second result for '{name}'"));
         }
-        if let Some(names) = &top.plan_names {
+        if let Some(names) = &b.plan_names {
             if !names.contains(&name) {
                 problems.push(format!("{label}'{name}' is not in the plan"));
             }
         }
         match number {
-            Some(n) if top.numbers.contains(&n) => {
+            Some(n) if b.numbers.contains(&n) => {
                 problems.push(format!("{label}duplicate test number {n} ('{name}')"));
-                top.last_number = n;
+                b.last_number = n;
             }
             Some(n) => {
-                if n != top.last_number + 1 {
+                if n != b.last_number + 1 {
                     problems.push(format!(
                         "{label}test number {n} ('{name}') out of order, expected {}",
-                        top.last_number + 1
+                        b.last_number + 1
                     ));
                 }
-                top.take_number(n);
+                b.take_number(n);
             }
             None => {}
         }
-
-        let mut diagnostics = std::mem::take(&mut top.pending);
-        let (status, skip_reason) = match directive.as_deref().map(|d| (d, self::directive(d))) {
-            Some((_, Directive::Skip(reason))) => (Status::Skipped, reason),
+        let mut diagnostics = std::mem::take(&mut b.pending);
+        let plain = if ok { End::Passed } else { End::Failed };
+        let (end, skip_reason) = match directive.map(|d| (d, self::directive(d))) {
+            Some((_, Directive::Skip(reason))) => (End::Skipped, reason),
             Some((d, Directive::Other)) => {
                 if !d.is_empty() {
                     diagnostics.push(format!("directive: {d}"));
                 }
-                (if ok { Status::Passed } else { Status::Failed }, None)
+                (plain, None)
             }
-            None => (if ok { Status::Passed } else { Status::Failed }, None),
+            None => (plain, None),
         };
-        let result = TestResult {
+        let node = Node {
             number,
             name,
-            status,
-            duration_ms: top.duration.take(),
+            end,
+            duration_ms: b.duration.take(),
             skip_reason,
             diagnostics,
+            block: None,
         };
-        top.add_result(result, Parent::Reported);
+        b.add(node, Claim::Reported);
         self.problems.extend(problems);
     }
 
-    /// Pops the innermost level and hands it to its parent as a child block.
-    fn close_top(&mut self, eof: bool) {
-        let Some(mut level) = self.levels.pop() else {
-            return;
-        };
-        let root = self.levels.is_empty();
-        let tests = self.finish_level(&mut level, eof, root);
-        if root {
-            self.levels.push(Level {
-                tests,
-                ..Level::default()
-            });
-            return;
-        }
-        let block = Block {
-            name: level.name,
-            tests,
-            leftover: level.pending,
-            unfinished: eof,
-        };
-        let label = self.label();
-        let mut problems = Vec::new();
-        let parent = self.top();
-        parent.flush_child(&mut problems, &label);
-        parent.child = Some(block);
-        self.problems.extend(problems);
-    }
-
-    /// Settles a level's open ends and checks its plan.
-    fn finish_level(&mut self, level: &mut Level, eof: bool, root: bool) -> Vec<TestResult> {
-        let label = level.label(root);
-        level.crash_running(if eof { NO_RESULT_EOF } else { NO_RESULT_PARENT });
-        level.flush_child(&mut self.problems, &label);
-
-        let got = level.slots;
+    /// Settles a block's open ends and checks its plan: the running test
+    /// crashed, a waiting child gets a node, planned tests that never ran
+    /// are `NOT_RUN`.
+    fn finish(&mut self, b: &mut Block, eof: bool, root: bool) {
+        let label = b.label(root);
+        b.crash_running(if eof { NO_RESULT_EOF } else { NO_RESULT_PARENT });
+        b.flush_child(&mut self.problems, &label);
+        let got = b.slots;
         let mut total = got;
-        if let Some(names) = level.plan_names.clone() {
-            if let Some(n) = level.planned {
+        if let Some(names) = b.plan_names.clone() {
+            if let Some(n) = b.planned {
                 if names.len() != n {
                     self.problems.push(format!(
                         "{label}'# plan:' names {} tests but the plan is 1..{n}",
@@ -498,14 +487,14 @@ impl Parser {
                 }
             }
             for (i, name) in names.iter().enumerate().take(MAX_SYNTHESISED) {
-                if !level.seen_names.contains(name) {
-                    level.numbers.insert(i + 1);
-                    level.tests.push(not_run(i + 1, name.clone()));
+                if !b.seen_names.contains(name) {
+                    b.numbers.insert(i + 1);
+                    b.nodes.push(not_run(i + 1, name.clone()));
                     total += 1;
                 }
             }
         }
-        match level.planned {
+        match b.planned {
             Some(n) => {
                 if got != n {
                     self.problems
@@ -514,8 +503,8 @@ impl Parser {
                 let mut k = 1;
                 let mut synthesised = 0;
                 while total < n && synthesised < MAX_SYNTHESISED {
-                    if !level.numbers.contains(&k) {
-                        level.tests.push(not_run(k, format!("#{k}")));
+                    if !b.numbers.contains(&k) {
+                        b.nodes.push(not_run(k, format!("#{k}")));
                         total += 1;
                         synthesised += 1;
                     }
@@ -525,42 +514,92 @@ impl Parser {
             None if root => self.problems.push("missing plan line (1..N)".to_string()),
             None => {}
         }
-        std::mem::take(&mut level.tests)
-    }
-
-    pub(super) fn finish(mut self) -> Report {
-        if self.levels.is_empty() {
-            self.problems
-                .push("no KTAP output (no header, plan or result)".to_string());
-            return Report {
-                problems: self.problems,
-                ..Report::default()
-            };
-        }
-        while !self.levels.is_empty() {
-            let root = self.levels.len() == 1;
-            self.close_top(true);
-            if root {
-                break;
-            }
-        }
-        let tests = self.levels.pop().map(|l| l.tests).unwrap_or_default();
-        Report {
-            version: self.version,
-            planned: self.planned,
-            tests,
-            problems: self.problems,
-        }
     }
 }
 
-fn not_run(number: usize, name: String) -> TestResult {
-    TestResult {
+fn not_run(number: usize, name: String) -> Node {
+    Node {
         number: Some(number),
         name,
-        status: Status::NotRun,
+        end: End::NotRun,
         duration_ms: None,
         skip_reason: None,
         diagnostics: Vec::new(),
+        block: None,
+    }
+}
+
+/// The tree's leaves, named `parent.child`, with their statuses. A parent
+/// is an entry of its own only when it has no child results, or when it
+/// failed or crashed while none of its children did, so that no failure
+/// disappears.
+fn flatten(nodes: Vec<Node>) -> Vec<TestResult> {
+    let mut out = Vec::new();
+    for node in nodes {
+        let mut result = TestResult {
+            number: node.number,
+            status: Status::Passed,
+            name: node.name,
+            duration_ms: node.duration_ms,
+            skip_reason: node.skip_reason,
+            diagnostics: node.diagnostics,
+        };
+        let Some((block, claim)) = node.block else {
+            result.status = status(node.end, &[]);
+            out.push(result);
+            continue;
+        };
+        let children: Vec<TestResult> = flatten(block.nodes)
+            .into_iter()
+            .map(|mut t| {
+                t.name = format!("{}.{}", result.name, t.name);
+                t
+            })
+            .collect();
+        result.status = status(node.end, &children);
+        // Lines after the block's last result; the "still running" marker
+        // stays last.
+        let marker = match claim {
+            Claim::Unfinished => result.diagnostics.pop(),
+            _ => None,
+        };
+        result.diagnostics.extend(block.pending);
+        result.diagnostics.extend(marker);
+        let failing = |t: &TestResult| matches!(t.status, Status::Failed | Status::Crashed);
+        let keep_parent = children.is_empty()
+            || match claim {
+                Claim::Reported => failing(&result) && !children.iter().any(failing),
+                Claim::Unfinished => !children.iter().any(is_running),
+                Claim::Missing => false,
+            };
+        out.extend(children);
+        if keep_parent {
+            out.push(result);
+        }
+    }
+    out
+}
+
+/// A test's status from how it ended (an unclaimed block's from its
+/// children's).
+fn status(end: End, children: &[TestResult]) -> Status {
+    match end {
+        End::Passed => Status::Passed,
+        End::Failed => Status::Failed,
+        End::Skipped => Status::Skipped,
+        End::NoResult => Status::Crashed,
+        End::NotRun => Status::NotRun,
+        End::Unclaimed => {
+            let any = |s: Status| children.iter().any(|t| t.status == s);
+            if any(Status::Crashed) {
+                Status::Crashed
+            } else if any(Status::Failed) || any(Status::NotRun) {
+                Status::Failed
+            } else if !children.is_empty() && children.iter().all(|t| t.status == Status::Skipped) {
+                Status::Skipped
+            } else {
+                Status::Passed
+            }
+        }
     }
 }
