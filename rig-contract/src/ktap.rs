@@ -1,6 +1,6 @@
 //! The KTAP lines the guest runner writes and the host reads, one writer and
 //! one line parser ([`classify`]) for each kind. The host's stream parser
-//! (xtask's `judge/ktap.rs`) builds the test tree from these lines.
+//! (xtask's `judge/ktap/`) builds the test tree from these lines.
 //!
 //! ```text
 //! KTAP version 1

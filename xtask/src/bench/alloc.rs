@@ -6,9 +6,9 @@
 //! test`; the guest boots with `rig.bench=alloc` (and `rig.bench.<param>=`
 //! words), so its runner runs the benchmark tests of
 //! bpf-selftests/src/bench/alloc.rs instead of the selftests. The boot is
-//! judged like a test boot (test::boot_and_judge: console splats, panics,
-//! timeouts, the run dir): a bench boot that is not a clean pass has no
-//! figures. The figures are the guest's `# bench:` lines in ktap.log; the
+//! judged like a test boot (commands::test::boot_and_judge: console splats,
+//! panics, timeouts, the run dir): a bench boot that is not a clean pass has
+//! no figures. The figures are the guest's `# bench:` lines in ktap.log; the
 //! table and bench-alloc.yaml go to the same run dir.
 
 mod figures;

@@ -33,9 +33,9 @@ fn contract_stream_all_passed() {
     assert_eq!(r.running(), None);
 }
 
-/// What the guest runner writes (through rig_contract's writers, as
-/// bpf-selftests/src/ktap.rs and kernel_suites/mod.rs do) reads back as
-/// the tests it wrote.
+/// What the guest runner writes reads back as the tests it wrote: the
+/// stream through rig_contract's writers (as bpf-selftests/src/ktap.rs
+/// writes it), a nested block in the form kernel_suites/mod.rs writes.
 #[test]
 fn stream_written_by_the_contract_reads_back() {
     use rig_contract::ktap as w;
