@@ -331,12 +331,7 @@ pub fn boot_and_judge(
                 .rev()
                 .map(String::as_str)
                 .collect();
-            format!(
-                "{} {}: {}",
-                t.name,
-                results::status_name(t.status),
-                why.join(" | ")
-            )
+            format!("{} {}: {}", t.name, t.status.name(), why.join(" | "))
         })
         .collect();
     Ok(Summary {
@@ -359,7 +354,7 @@ pub fn boot_and_judge(
             .tests
             .iter()
             .filter(|t| !matches!(t.status, Status::Passed | Status::NotRun))
-            .map(|t| format!("{} ({})", t.name, results::status_name(t.status)))
+            .map(|t| format!("{} ({})", t.name, t.status.name()))
             .collect(),
         run_dir: b.run_dir,
         accel: b.accel.name(),

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::judge::console::Splat;
 use crate::judge::ktap::{Report, Status};
-use crate::report::results::{status_name, RunInfo};
+use crate::report::results::RunInfo;
 
 #[derive(Serialize)]
 #[serde(rename = "testsuites")]
@@ -77,7 +77,7 @@ fn suites(info: &RunInfo, report: &Report, splats: &[Splat]) -> TestSuites {
                     message: xml_text(t.skip_reason.as_deref().unwrap_or("")),
                 }),
                 failure: (!matches!(t.status, Status::Passed | Status::Skipped)).then(|| Failure {
-                    message: status_name(t.status).to_string(),
+                    message: t.status.name().to_string(),
                     text: xml_text(&t.diagnostics.join("\n")),
                 }),
             }

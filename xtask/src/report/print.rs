@@ -6,7 +6,6 @@ use std::time::Duration;
 use crate::judge::console::Splat;
 use crate::judge::ktap::{Report, Status};
 use crate::judge::verdict::{Problem, Verdict};
-use crate::report::results::status_name;
 use crate::sys::progress::fmt_secs;
 
 pub fn table(report: &Report, splats: &[Splat], problems: &[Problem]) {
@@ -16,7 +15,7 @@ pub fn table(report: &Report, splats: &[Splat], problems: &[Problem]) {
         let time = t
             .duration_ms
             .map_or("-".to_string(), |ms| fmt_secs(Duration::from_millis(ms)));
-        println!("{:<40} {:<8} {:>9}", t.name, status_name(t.status), time);
+        println!("{:<40} {:<8} {:>9}", t.name, t.status.name(), time);
         if !matches!(t.status, Status::Passed) {
             for d in t.diagnostics.iter().take(10) {
                 println!("    # {d}");

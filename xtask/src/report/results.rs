@@ -8,7 +8,6 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::judge::console::Splat;
-use crate::judge::ktap::Status;
 
 #[derive(Serialize)]
 pub struct RunInfo {
@@ -120,16 +119,6 @@ pub fn write_yaml(dir: &Path, results: &ResultsFile) -> Result<()> {
     let text = to_yaml(results).context("serialising results.yaml")?;
     let path = dir.join("results.yaml");
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
-}
-
-pub fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Passed => "PASSED",
-        Status::Failed => "FAILED",
-        Status::Skipped => "SKIPPED",
-        Status::Crashed => "CRASHED",
-        Status::NotRun => "NOT_RUN",
-    }
 }
 
 #[cfg(test)]

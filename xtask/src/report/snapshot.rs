@@ -9,13 +9,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::judge::ktap::Report;
-use crate::report::results::status_name;
 
 /// Names and statuses only: what the committed snapshot pins down.
 pub fn normalized(report: &Report) -> String {
     let mut s = String::new();
     for t in &report.tests {
-        s.push_str(&format!("{}: {}\n", t.name, status_name(t.status)));
+        s.push_str(&format!("{}: {}\n", t.name, t.status.name()));
     }
     for p in &report.problems {
         s.push_str(&format!("problem: {p}\n"));

@@ -176,7 +176,7 @@ fn named(t: &TestResult, denylisted: Option<String>) -> Named {
     }
     Named {
         name: t.name.clone(),
-        status: crate::report::results::status_name(t.status),
+        status: t.status.name(),
         excerpt,
         denylisted,
     }
@@ -250,7 +250,7 @@ pub fn compare(baseline: Option<&Report>, series: &Report, deny: &[Entry]) -> Co
                         let mut v = vec![format!(
                             "{parent} stopped at {} ({}):",
                             s.name,
-                            crate::report::results::status_name(s.status)
+                            s.status.name()
                         )];
                         v.extend(named(s, None).excerpt);
                         v

@@ -10,7 +10,6 @@ use std::str::FromStr;
 use anyhow::{bail, Context, Result};
 
 use crate::judge::ktap::{self, Status};
-use crate::report::results::status_name;
 
 /// The guest's KTAP tests in `rig.bench=alloc` mode.
 pub const TESTS: [&str; 3] = ["bench_alloc", "bench_alloc_nmi", "bench_prefill"];
@@ -185,7 +184,7 @@ pub fn parse(ktap_log: &str) -> Result<Figures> {
                 .rev()
                 .map(|d| d.as_str())
                 .collect();
-            bail!("{name} {}: {}", status_name(t.status), last.join(" | "));
+            bail!("{name} {}: {}", t.status.name(), last.join(" | "));
         }
         for d in &t.diagnostics {
             let Some(text) = rig_contract::bench::strip(d) else {

@@ -101,6 +101,19 @@ pub enum Status {
     NotRun,
 }
 
+impl Status {
+    /// As results.yaml, the table and the snapshot write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Passed => "PASSED",
+            Status::Failed => "FAILED",
+            Status::Skipped => "SKIPPED",
+            Status::Crashed => "CRASHED",
+            Status::NotRun => "NOT_RUN",
+        }
+    }
+}
+
 /// One (leaf) test.
 #[derive(Debug, Clone, Serialize)]
 pub struct TestResult {

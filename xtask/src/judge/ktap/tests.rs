@@ -599,3 +599,17 @@ fn never_panics_on_prefixes_and_mutations() {
         }
     }
 }
+
+#[test]
+fn status_names_are_the_serialised_names() {
+    for s in [
+        Status::Passed,
+        Status::Failed,
+        Status::Skipped,
+        Status::Crashed,
+        Status::NotRun,
+    ] {
+        let yaml = crate::report::results::to_yaml(&s).expect("yaml");
+        assert_eq!(yaml.trim_end(), s.name());
+    }
+}
