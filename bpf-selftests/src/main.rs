@@ -14,10 +14,6 @@ mod runner;
 mod sys;
 mod tests;
 
-// bench/alloc.rs still names these by their paths before sys/ (it is
-// changed on another branch); drop once it imports from crate::sys.
-use sys::{affinity, cpu, reserve as prefill};
-
 use std::process::ExitCode;
 
 use anyhow::Result;

@@ -249,7 +249,7 @@ pub fn global_ma_nmi_external(ctx: &Ctx<'_>) -> Result<Outcome> {
         .collect::<Result<_>>()?;
     set_external(true)?;
     let asked = Instant::now();
-    crate::ktap::diag("rig: inject-nmi");
+    crate::ktap::diag(rig_contract::request::INJECT_NMI);
     let claimed = |h1: &BTreeMap<usize, nmi::Handled>| -> u64 {
         cpus.iter().map(|c| h1[c].external - h0[c].external).sum()
     };
