@@ -1,9 +1,11 @@
-//! Runner configuration from the kernel command line and argv.
+//! Runner configuration from the kernel command line (the `rig.*` words,
+//! parsed by rig_contract::cmdline) and argv.
 
 use std::fs;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use rig_contract::cmdline::{self, Suite};
 
 /// Where the host installs the compiled BPF objects in the guest.
 pub const DEFAULT_BPF_DIR: &str = "/lib/bpf-selftests";
@@ -51,43 +53,21 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The runner's configuration from the `rig.*` words (see
+    /// rig_contract::cmdline), before any argv.
     pub fn from_cmdline(cmdline: &str) -> Result<Config> {
-        let mut cfg = Config {
+        let words = cmdline::parse(cmdline)?;
+        Ok(Config {
+            cpus: words.cpus,
+            filter: words.filter,
+            fail_fast: words.fail_fast,
             bpf_dir: PathBuf::from(DEFAULT_BPF_DIR),
+            fault: words.fault,
+            bench: words.bench,
+            bench_params: words.bench_params,
+            kernel_suites: words.suite == Some(Suite::Kernel),
             ..Config::default()
-        };
-        for word in cmdline.split_whitespace() {
-            if let Some(v) = word.strip_prefix("rig.cpus=") {
-                let n = v
-                    .parse()
-                    .with_context(|| format!("bad rig.cpus={v:?} on the kernel command line"))?;
-                cfg.cpus = Some(n);
-            } else if let Some(v) = word.strip_prefix("rig.filter=") {
-                cfg.filter = (!v.is_empty()).then(|| v.to_string());
-            } else if let Some(v) = word.strip_prefix("rig.suite=") {
-                cfg.kernel_suites = match v {
-                    "kernel" => true,
-                    "selftests" => false,
-                    _ => bail!(
-                        "bad rig.suite={v:?} on the kernel command line (want kernel or selftests)"
-                    ),
-                };
-            } else if word == "rig.failfast" {
-                cfg.fail_fast = true;
-            } else if let Some(v) = word.strip_prefix("rig.fault=") {
-                cfg.fault = (!v.is_empty()).then(|| v.to_string());
-            } else if let Some(v) = word.strip_prefix("rig.bench=") {
-                cfg.bench = (!v.is_empty()).then(|| v.to_string());
-            } else if let Some(param) = word.strip_prefix("rig.bench.") {
-                let (k, v) = param.split_once('=').with_context(|| {
-                    format!(
-                        "bad {word:?} on the kernel command line (want rig.bench.<param>=VALUE)"
-                    )
-                })?;
-                cfg.bench_params.push((k.to_string(), v.to_string()));
-            }
-        }
-        Ok(cfg)
+        })
     }
 
     pub fn apply_args(&mut self, args: impl IntoIterator<Item = String>) -> Result<()> {

@@ -12,9 +12,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use rig_contract::ktap as line;
+use rig_contract::port;
+
+pub use rig_contract::ktap::Verdict;
 
 /// The virtio-serial port name the host gives the KTAP channel.
-pub const PORT_NAME: &str = "ktap";
+pub const PORT_NAME: &str = port::NAME;
 const PORT_CLASS_DIR: &str = "/sys/class/virtio-ports";
 /// The port's `name` attribute is filled in asynchronously after the device
 /// probes (the host sends it on a control message), so wait for it. A debug
@@ -49,13 +53,6 @@ pub struct Ktap {
     sink: Mutex<Sink>,
 }
 
-/// How a finished test is reported.
-pub enum Verdict<'a> {
-    Pass,
-    Fail,
-    Skip(&'a str),
-}
-
 static KTAP: OnceLock<Ktap> = OnceLock::new();
 
 impl Ktap {
@@ -74,10 +71,7 @@ impl Ktap {
                     Sink::File(open_for_append(&dev)?)
                 }
                 None => {
-                    eprintln!(
-                        "bpf-selftests: no virtio port named {PORT_NAME:?} under \
-                         {PORT_CLASS_DIR}; writing KTAP to stdout"
-                    );
+                    eprintln!("{}", port::missing_message(PORT_CLASS_DIR));
                     Sink::Stdout(io::stdout())
                 }
             },
@@ -106,32 +100,26 @@ impl Ktap {
 
     /// Writes `msg` as `# ` diagnostic lines, one per line of `msg`.
     pub fn diag(&self, msg: &str) {
-        for l in msg.lines() {
-            let l = l.trim_end();
-            if l.is_empty() {
-                self.line("#");
-            } else {
-                self.line(&format!("# {l}"));
-            }
+        for l in line::diag(msg) {
+            self.line(&l);
         }
     }
 
     /// `KTAP version 1`, the test count and the `# plan:` line.
     pub fn header(&self, names: &[&str]) {
-        self.line("KTAP version 1");
-        self.line(&format!("1..{}", names.len()));
-        let plan = format!("# plan: {}", names.join(" "));
-        self.line(plan.trim_end());
+        for l in line::header(names) {
+            self.line(&l);
+        }
     }
 
     pub fn start(&self, name: &str) {
-        self.line(&format!("# start: {name}"));
+        self.line(&line::start(name));
     }
 
     /// `# duration_ms:` followed by the result line for test number `n`.
     pub fn result(&self, n: usize, name: &str, verdict: Verdict<'_>, elapsed: Duration) {
-        self.line(&format!("# duration_ms: {}", elapsed.as_millis()));
-        self.line(&result_line(n, name, verdict));
+        self.line(&line::duration(elapsed.as_millis()));
+        self.line(&line::result(n, name, verdict));
     }
 }
 
@@ -140,19 +128,6 @@ pub fn diag(msg: &str) {
     match KTAP.get() {
         Some(k) => k.diag(msg),
         None => eprintln!("{msg}"),
-    }
-}
-
-fn result_line(n: usize, name: &str, verdict: Verdict<'_>) -> String {
-    match verdict {
-        Verdict::Pass => format!("ok {n} {name}"),
-        Verdict::Fail => format!("not ok {n} {name}"),
-        Verdict::Skip(reason) => {
-            let reason = reason.lines().next().unwrap_or("").trim();
-            format!("ok {n} {name} # SKIP {reason}")
-                .trim_end()
-                .to_string()
-        }
     }
 }
 
@@ -202,19 +177,4 @@ fn scan_ports() -> Result<Option<PathBuf>> {
         }
     }
     Ok(None)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn result_lines() {
-        assert_eq!(result_line(1, "a", Verdict::Pass), "ok 1 a");
-        assert_eq!(result_line(2, "b", Verdict::Fail), "not ok 2 b");
-        assert_eq!(
-            result_line(3, "c", Verdict::Skip("no rig.cpus\nmore")),
-            "ok 3 c # SKIP no rig.cpus"
-        );
-    }
 }

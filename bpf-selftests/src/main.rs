@@ -1,23 +1,17 @@
 //! Guest-side BPF selftest runner: loads the BPF programs under
 //! /lib/bpf-selftests with libbpf-rs and reports KTAP on the `ktap`
-//! virtio-serial port. See tests/mod.rs for the test table, and bench/mod.rs
-//! for the benchmarks run instead with `rig.bench=NAME`.
+//! virtio-serial port. See tests/mod.rs for the test table, sys/mod.rs for
+//! the kernel interfaces, and bench/mod.rs for the benchmarks run instead
+//! with `rig.bench=NAME`.
 
-mod affinity;
 mod bench;
-mod bpf;
-mod btf_tags;
-mod caches;
 mod check;
 mod cmdline;
-mod cpu;
-mod fdinfo;
 mod kernel_suites;
 mod ktap;
-mod nmi;
-mod prefill;
+mod poll;
 mod runner;
-mod stats;
+mod sys;
 mod tests;
 
 use std::process::ExitCode;
@@ -47,7 +41,7 @@ fn real_main() -> Result<bool> {
     if cfg.kernel_suites {
         return kernel_suites::run(ktap, &cfg);
     }
-    bpf::forward_libbpf_log(cfg.libbpf_debug);
+    sys::bpf::forward_libbpf_log(cfg.libbpf_debug);
     let table = match (&cfg.fault, &cfg.bench) {
         (Some(name), _) => tests::fault(name)?,
         (None, Some(name)) => bench::table(name, &cfg)?,

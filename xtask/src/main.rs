@@ -1,34 +1,10 @@
-//! `cargo xtask`: the rig's orchestrator. This file only dispatches.
-
-mod accel;
-mod bench;
-mod bisect;
-mod checkpatch_exceptions;
-mod console;
-mod context;
-mod cpio;
-mod flags;
-mod hashing;
-mod image;
-mod kbuild;
-mod kconfig;
-mod ktap;
-mod lock;
-mod mutants;
-mod patches;
-mod pgroup;
-mod pipeline;
-mod progress;
-mod results;
-mod series_check;
-mod setup;
-mod signals;
-mod suites;
-mod test;
-mod tree;
-mod vm;
+//! `cargo xtask`: the rig's orchestrator. This file only dispatches; the
+//! rig itself is the `xtask` library (lib.rs).
 
 use clap::Parser;
+use xtask::bench;
+use xtask::commands::{bisect, mutants, series_check, setup, test};
+use xtask::{context, flags, sys::signals};
 
 fn main() -> anyhow::Result<()> {
     let args = flags::Xtask::parse();

@@ -5,24 +5,26 @@ use anyhow::Result;
 
 use crate::context::Ctx;
 use crate::flags::Common;
-use crate::image::Image;
-use crate::kbuild::Kernel;
-use crate::patches::Series;
-use crate::tree::Tree;
-use crate::{image, kbuild, kconfig, lock, patches, tree};
+use crate::stages::image::Image;
+use crate::stages::kbuild::Kernel;
+use crate::stages::patches::Series;
+use crate::stages::tree::Tree;
+use crate::{
+    stages::image, stages::kbuild, stages::kconfig, stages::patches, stages::tree, sys::lock,
+};
 
 pub struct Pipeline {
     pub ctx: Ctx,
     /// Build the managed tree at whatever it has checked out (bisect steps).
     pub as_is: bool,
-    pub check: crate::kconfig::Check,
+    pub check: crate::stages::kconfig::Check,
     _lock: Option<lock::WorkLock>,
 }
 
 impl Pipeline {
     pub fn new(common: Common) -> Result<Pipeline> {
         let ctx = Ctx::new(common)?;
-        crate::setup::ensure(&ctx.repo)?;
+        crate::commands::setup::ensure(&ctx.repo)?;
         // A bisect step runs under its parent's lock.
         let lock = if std::env::var_os(lock::HELD_BY_PARENT).is_some() {
             None
@@ -32,7 +34,7 @@ impl Pipeline {
         Ok(Pipeline {
             ctx,
             as_is: false,
-            check: crate::kconfig::Check::Strict,
+            check: crate::stages::kconfig::Check::Strict,
             _lock: lock,
         })
     }

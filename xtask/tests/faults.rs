@@ -31,7 +31,7 @@ fn ensure_image() {
 }
 
 fn boot_fault(fault: &str, extra: &[&str]) -> Run {
-    let append = format!("rig.fault={fault}");
+    let append = rig_contract::cmdline::Word::Fault(fault.to_string()).word();
     let mut args = vec!["boot", "--append", &append];
     args.extend_from_slice(extra);
     xtask(&args)
@@ -202,7 +202,11 @@ fn missing_host_tool_names_the_debian_package() {
 fn ctrl_c_during_boot_kills_qemu_and_keeps_the_run_dir() {
     ensure_image();
     let start = Instant::now();
-    let child = spawn(&["boot", "--append", "rig.fault=fault_hang"]);
+    let child = spawn(&[
+        "boot",
+        "--append",
+        &rig_contract::cmdline::Word::Fault("fault_hang".into()).word(),
+    ]);
     let pgid = Pid::from_raw(child.child.id() as i32);
     // Wait until QEMU runs, then Ctrl-C the whole foreground group, as a terminal does.
     let deadline = Instant::now() + Duration::from_secs(120);

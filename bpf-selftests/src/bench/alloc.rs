@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use super::emit;
 use super::kernel_bench::{self, Measured, Mode, Request};
 use crate::runner::{Ctx, Outcome, Test};
-use crate::{affinity, cpu, prefill};
+use crate::sys::{affinity, cpu, reserve};
 
 pub const TESTS: &[Test] = &[
     Test {
@@ -87,11 +87,11 @@ impl Params {
                 other => bail!("unknown parameter rig.bench.{other} (sizes, reps, loops, batch)"),
             }
         }
-        if p.sizes.is_empty() || p.sizes.iter().any(|&s| s == 0 || s > prefill::MAX_SIZE) {
+        if p.sizes.is_empty() || p.sizes.iter().any(|&s| s == 0 || s > reserve::MAX_SIZE) {
             bail!(
                 "sizes {:?}: each must be 1..={}",
                 p.sizes,
-                prefill::MAX_SIZE
+                reserve::MAX_SIZE
             );
         }
         if p.reps == 0 {
@@ -190,8 +190,8 @@ fn bench_alloc_nmi(ctx: &Ctx<'_>) -> Result<Outcome> {
     let _pinned = pin(&p)?;
     for rep in 0..=p.reps {
         for &size in &p.sizes {
-            let base = prefill::reserved_total()?;
-            let reservation = prefill::prefill(size, p.batch, 0)
+            let base = reserve::reserved_total()?;
+            let reservation = reserve::prefill(size, p.batch, 0)
                 .with_context(|| format!("reservation map ({size}, {})", p.batch))?;
             let m = kernel_bench::run(&Request {
                 mode: Mode::Nmi,
@@ -199,7 +199,7 @@ fn bench_alloc_nmi(ctx: &Ctx<'_>) -> Result<Outcome> {
                 loops: p.loops,
                 batch: p.batch,
             });
-            prefill::close_and_wait(reservation, base)?;
+            reserve::close_and_wait(reservation, base)?;
             let m = m?;
             if rep > 0 {
                 emit_alloc(&m, rep);
@@ -218,13 +218,13 @@ fn bench_prefill(ctx: &Ctx<'_>) -> Result<Outcome> {
     let _pinned = pin(&p)?;
     let mut cases = Vec::new();
     for &size in &p.sizes {
-        let base = prefill::reserved_total()?;
+        let base = reserve::reserved_total()?;
         let probe =
-            prefill::prefill(size, 1, 0).with_context(|| format!("reservation map ({size}, 1)"))?;
-        let unit = prefill::read_fdinfo(&probe)?.unit_size;
-        prefill::close_and_wait(probe, base)?;
+            reserve::prefill(size, 1, 0).with_context(|| format!("reservation map ({size}, 1)"))?;
+        let unit = reserve::read_fdinfo(&probe)?.unit_size;
+        reserve::close_and_wait(probe, base)?;
         for count in PREFILL_COUNTS {
-            let over = u64::from(count) * u64::from(unit) > prefill::RESERVE_MAX;
+            let over = u64::from(count) * u64::from(unit) > reserve::RESERVE_MAX;
             if over {
                 refused(size, count, unit)?;
             } else {
@@ -234,13 +234,13 @@ fn bench_prefill(ctx: &Ctx<'_>) -> Result<Outcome> {
     }
     for rep in 0..=p.reps {
         for &(size, count, unit) in &cases {
-            let base = prefill::reserved_total()?;
+            let base = reserve::reserved_total()?;
             let start = Instant::now();
-            let fd = prefill::prefill(size, count, 0);
+            let fd = reserve::prefill(size, count, 0);
             let ns = start.elapsed().as_nanos();
             let fd = fd.with_context(|| format!("reservation map ({size}, {count})"))?;
-            let info = prefill::read_fdinfo(&fd)?;
-            prefill::close_and_wait(fd, base)?;
+            let info = reserve::read_fdinfo(&fd)?;
+            reserve::close_and_wait(fd, base)?;
             if info.count != count || info.unit_size != unit {
                 bail!("reservation map ({size}, {count}) reserved {info:?}");
             }
@@ -263,13 +263,13 @@ fn bench_prefill(ctx: &Ctx<'_>) -> Result<Outcome> {
 
 /// Checks that a reservation over the limit is refused with E2BIG.
 fn refused(size: u32, count: u32, unit: u32) -> Result<()> {
-    match prefill::prefill(size, count, 0) {
+    match reserve::prefill(size, count, 0) {
         Ok(fd) => {
             drop(fd);
             bail!(
                 "reservation map ({size}, {count}) succeeded although {count} units of \
                  {unit} bytes exceed the {} bytes per CPU limit",
-                prefill::RESERVE_MAX
+                reserve::RESERVE_MAX
             )
         }
         Err(e) if e.raw_os_error() == Some(libc::E2BIG) => {
@@ -280,7 +280,7 @@ fn refused(size: u32, count: u32, unit: u32) -> Result<()> {
                     ("count", count.to_string()),
                     ("unit_size", unit.to_string()),
                     ("refused", "E2BIG".to_string()),
-                    ("limit", prefill::RESERVE_MAX.to_string()),
+                    ("limit", reserve::RESERVE_MAX.to_string()),
                 ],
             );
             Ok(())

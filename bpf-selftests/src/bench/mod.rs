@@ -32,13 +32,9 @@ pub fn table(name: &str, cfg: &Config) -> Result<&'static [Test]> {
     }
 }
 
-/// One `bench: <kind> k=v ...` line.
+/// One `bench: <kind> k=v ...` line (rig_contract::bench).
 pub fn line(kind: &str, fields: &[(&str, String)]) -> String {
-    let mut l = format!("bench: {kind}");
-    for (k, v) in fields {
-        l.push_str(&format!(" {k}={v}"));
-    }
-    l
+    rig_contract::bench::line(kind, fields)
 }
 
 /// Writes one figures line as a diagnostic of the running test.

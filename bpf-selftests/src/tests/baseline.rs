@@ -4,8 +4,8 @@ use std::fs;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cpu;
 use crate::runner::{Ctx, Outcome};
+use crate::sys::cpu;
 
 const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 const BTF_MAGIC: u16 = 0xeb9f;

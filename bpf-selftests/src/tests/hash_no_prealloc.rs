@@ -7,17 +7,15 @@
 //! (cpu, seq - 1), so exactly the odd-seq keys of every CPU must remain.
 
 use std::collections::BTreeSet;
-use std::sync::mpsc;
-use std::thread;
-use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Error, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{Map, MapCore, MapFlags, Object};
 
-use crate::bpf::{self, Pod};
 use crate::check::Checks;
-use crate::cpu::{self, MAX_CPUS};
-use crate::runner::{panic_message, Ctx, Outcome};
+use crate::runner::{Ctx, Outcome};
+use crate::sys::bpf::{self, Pod};
+use crate::sys::cpu::{self, MAX_CPUS};
+use crate::tests::pinned;
 
 const OBJECT: &str = "hash_no_prealloc";
 const PROGRAM: &str = "on_getpgid";
@@ -26,8 +24,6 @@ const TRIGGERS: u32 = 64;
 /// Mirrors of the constants in progs/hash_no_prealloc.bpf.c.
 const HASH_MAX_ENTRIES: u32 = 8192;
 const HASH_VALUE_MAGIC: u64 = 0x5a5a_0000_a5a5;
-/// How long the pinned threads get to report in.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `struct hash_state`, the object's `.bss`.
 #[derive(Clone, Copy)]
@@ -120,96 +116,28 @@ pub fn hash_no_prealloc_all_cpus(ctx: &Ctx<'_>) -> Result<Outcome> {
 /// Runs one pinned thread per CPU, all triggering at once. Returns
 /// (cpu, tid) for every thread.
 fn trigger_on_all(cpus: &[usize], threads: &Map<'_>) -> Result<Vec<(usize, u32)>> {
-    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<u32>)>();
-    thread::scope(|s| {
-        let mut workers = Vec::new();
-        for &cpu in cpus {
-            let (go_tx, go_rx) = mpsc::channel::<bool>();
-            let ready_tx = ready_tx.clone();
-            let handle = s.spawn(move || -> Result<()> {
-                let pinned = cpu::pin_current_thread(cpu).map(|()| cpu::gettid());
-                let ok = pinned.is_ok();
-                let _ = ready_tx.send((cpu, pinned));
-                drop(ready_tx);
-                if !ok || !go_rx.recv().unwrap_or(false) {
-                    return Ok(());
-                }
-                for i in 0..TRIGGERS {
-                    // SAFETY: getpgid(0) only reads the caller's process group.
-                    let r = unsafe { libc::syscall(libc::SYS_getpgid, 0) };
-                    if r < 0 {
-                        return Err(std::io::Error::last_os_error())
-                            .with_context(|| format!("getpgid call {i} on CPU {cpu}"));
-                    }
-                }
-                let now = cpu::current_cpu()?;
-                if now != cpu {
-                    bail!("thread pinned to CPU {cpu} ended on CPU {now}");
-                }
-                Ok(())
-            });
-            workers.push((cpu, go_tx, handle));
-        }
-        drop(ready_tx);
-
-        let mut errors: Vec<Error> = Vec::new();
-        let mut pinned = Vec::new();
-        for _ in cpus {
-            match ready_rx.recv_timeout(READY_TIMEOUT) {
-                Ok((cpu, Ok(tid))) => pinned.push((cpu, tid)),
-                Ok((cpu, Err(e))) => errors.push(e.context(format!("pinning to CPU {cpu}"))),
-                Err(e) => {
-                    errors.push(anyhow!("waiting for pinned threads: {e}"));
-                    break;
+    let slot = |cpu: usize| ThreadSlot {
+        expected_cpu: cpu as u32,
+        ..ThreadSlot::default()
+    };
+    let ran = pinned::on_every_cpu(
+        cpus,
+        threads,
+        slot,
+        || (),
+        |cpu, ()| {
+            for i in 0..TRIGGERS {
+                // SAFETY: getpgid(0) only reads the caller's process group.
+                let r = unsafe { libc::syscall(libc::SYS_getpgid, 0) };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error())
+                        .with_context(|| format!("getpgid call {i} on CPU {cpu}"));
                 }
             }
-        }
-        if errors.is_empty() {
-            for &(cpu, tid) in &pinned {
-                let slot = ThreadSlot {
-                    expected_cpu: cpu as u32,
-                    ..ThreadSlot::default()
-                };
-                if let Err(e) = threads.update(
-                    &tid.to_ne_bytes(),
-                    &bpf::pod_bytes(&slot),
-                    MapFlags::NO_EXIST,
-                ) {
-                    errors.push(Error::from(e).context(format!("registering tid {tid}")));
-                    break;
-                }
-            }
-        }
-        // Release every thread before joining any, so all CPUs update the
-        // map at the same time.
-        let go = errors.is_empty();
-        for (_, go_tx, _) in &workers {
-            let _ = go_tx.send(go);
-        }
-        for (cpu, _, handle) in workers {
-            match handle.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => errors.push(e.context(format!("thread on CPU {cpu}"))),
-                Err(p) => errors.push(anyhow!(
-                    "thread on CPU {cpu} panicked: {}",
-                    panic_message(p.as_ref())
-                )),
-            }
-        }
-        let mut errors = errors.into_iter();
-        match errors.next() {
-            None => {
-                pinned.sort_unstable();
-                Ok(pinned)
-            }
-            Some(first) => {
-                for e in errors {
-                    crate::ktap::diag(&format!("also: {e:#}"));
-                }
-                Err(first)
-            }
-        }
-    })
+            Ok(())
+        },
+    )?;
+    Ok(ran.into_iter().map(|r| (r.cpu, r.tid)).collect())
 }
 
 /// The `.bss` counters: per-CPU hits exact, no errors or strays.

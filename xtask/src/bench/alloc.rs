@@ -6,9 +6,9 @@
 //! test`; the guest boots with `rig.bench=alloc` (and `rig.bench.<param>=`
 //! words), so its runner runs the benchmark tests of
 //! bpf-selftests/src/bench/alloc.rs instead of the selftests. The boot is
-//! judged like a test boot (test::boot_and_judge: console splats, panics,
-//! timeouts, the run dir): a bench boot that is not a clean pass has no
-//! figures. The figures are the guest's `# bench:` lines in ktap.log; the
+//! judged like a test boot (commands::test::boot_and_judge: console splats,
+//! panics, timeouts, the run dir): a bench boot that is not a clean pass has
+//! no figures. The figures are the guest's `# bench:` lines in ktap.log; the
 //! table and bench-alloc.yaml go to the same run dir.
 
 mod figures;
@@ -17,12 +17,15 @@ mod summary;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use rig_contract::cmdline::Word;
+use serde::Serialize;
 
-use super::report::{self, to_yaml, Y};
-use super::{kernel_yaml, Machine};
+use super::report::{self, N};
+use super::{kernel_yaml, KernelYaml, Machine, MachineYaml};
+use crate::commands::test;
 use crate::flags::BenchAllocFlags;
+use crate::judge::verdict::SnapshotMode;
 use crate::pipeline::Pipeline;
-use crate::test;
 use summary::Summary;
 
 /// The kernel bench file's limits (patches/global-ma 0015).
@@ -44,7 +47,12 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
         sizes(&f.sizes),
         f.batch
     );
-    let s = test::boot_and_judge(&p, &boot, &config, &kernel, &image, None, started)?;
+    let built = test::Built {
+        config: &config,
+        kernel: &kernel,
+        image: &image,
+    };
+    let s = test::boot_and_judge(&p, &boot, built, SnapshotMode::Off, started)?;
     let ktap_path = s.run_dir.join("ktap.log");
     if !s.passed {
         let mut why = vec![s.verdict.clone()];
@@ -67,38 +75,22 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
 
     let mut machine = Machine::probe();
     machine.accel = s.accel.clone();
-    let mut yaml = vec![
-        (
-            "machine".into(),
-            Y::Map(
-                machine
-                    .yaml_fields()
-                    .into_iter()
-                    .chain([
-                        ("vcpus".into(), Y::Int(f.boot.cpus.into())),
-                        ("memory".into(), Y::str(f.boot.memory())),
-                    ])
-                    .collect(),
-            ),
-        ),
-        (
-            "kernel".into(),
-            kernel_yaml("bench", &config, &kernel, &image),
-        ),
-        (
-            "cmdline".into(),
-            Y::List(cmdline_words(&f).into_iter().map(Y::Str).collect()),
-        ),
-        ("verdict".into(), Y::str(&s.verdict)),
-    ];
-    yaml.extend(sum.yaml_entries());
-    yaml.push((
-        "bench_wall_s".into(),
-        Y::Num(started.elapsed().as_secs_f64()),
-    ));
     let yaml_path = s.run_dir.join("bench-alloc.yaml");
-    std::fs::write(&yaml_path, to_yaml(&Y::Map(yaml)))
-        .with_context(|| format!("writing {}", yaml_path.display()))?;
+    report::write_yaml(
+        &yaml_path,
+        &AllocYaml {
+            machine: AllocMachineYaml {
+                machine: machine.yaml(),
+                vcpus: f.boot.cpus,
+                memory: f.boot.memory(),
+            },
+            kernel: kernel_yaml("bench", &config, &kernel, &image),
+            cmdline: cmdline_words(&f),
+            verdict: &s.verdict,
+            figures: sum.yaml(),
+            bench_wall_s: N(started.elapsed().as_secs_f64()),
+        },
+    )?;
     let table_path = s.run_dir.join("bench-alloc.txt");
     let mut table_file = table.clone();
     for n in sum.notes() {
@@ -140,17 +132,37 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
     Ok(0)
 }
 
+/// bench-alloc.yaml.
+#[derive(Serialize)]
+struct AllocYaml<'a> {
+    machine: AllocMachineYaml<'a>,
+    kernel: KernelYaml,
+    cmdline: Vec<String>,
+    verdict: &'a str,
+    #[serde(flatten)]
+    figures: summary::FiguresYaml<'a>,
+    bench_wall_s: N,
+}
+
+#[derive(Serialize)]
+struct AllocMachineYaml<'a> {
+    #[serde(flatten)]
+    machine: MachineYaml<'a>,
+    vcpus: u32,
+    memory: String,
+}
+
 /// The guest's `rig.bench` words for these flags.
 fn cmdline_words(f: &BenchAllocFlags) -> Vec<String> {
     vec![
         // The series' test config builds the allocator's debug mode, whose
         // checks would be timed too (patches/global-ma 0016).
         "bpf_global_ma_debug=0".into(),
-        "rig.bench=alloc".into(),
-        format!("rig.bench.sizes={}", sizes(&f.sizes)),
-        format!("rig.bench.reps={}", f.runs),
-        format!("rig.bench.loops={}", f.loops),
-        format!("rig.bench.batch={}", f.batch),
+        Word::Bench("alloc".into()).word(),
+        Word::BenchParam("sizes".into(), sizes(&f.sizes)).word(),
+        Word::BenchParam("reps".into(), f.runs.to_string()).word(),
+        Word::BenchParam("loops".into(), f.loops.to_string()).word(),
+        Word::BenchParam("batch".into(), f.batch.to_string()).word(),
     ]
 }
 

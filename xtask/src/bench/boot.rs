@@ -7,15 +7,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use serde::Serialize;
 
-use super::report::{self, Measurement, Y};
-use super::run::{limits, spec, tail, timed, write_cmdline};
-use super::{boottime, kernel_yaml, Log, Machine, NO_TEST, VIRTME_FRAGMENT};
+use super::report::{self, Measurement, Pairs, N};
+use super::run::{limits, spec, tail, timed};
+use super::{boottime, kernel_yaml, no_test, KernelYaml, Log, Machine, VIRTME_FRAGMENT};
 use crate::flags::BenchRigFlags;
-use crate::image::Image;
 use crate::pipeline::Pipeline;
+use crate::stages::image::Image;
+use crate::sys::shell::write_cmdline;
 use crate::vm::{self, Accel, Limits};
-use crate::{accel, signals};
+use crate::{sys::signals, vm::accel};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
@@ -24,8 +26,8 @@ pub(super) fn run(
     log: &Log,
     machine: &mut Machine,
     m: &mut Measurement,
-    breakdown: &mut Y,
-    kernels: &mut Vec<Y>,
+    breakdown: &mut Option<Breakdown>,
+    kernels: &mut Vec<KernelYaml>,
 ) -> Result<()> {
     let mut common = f.boot.common.clone();
     if !common.configs.iter().any(|c| c == VIRTME_FRAGMENT) {
@@ -62,11 +64,12 @@ pub(super) fn run(
     vng_args.push("--force-9p".into());
     m.ours_what = format!(
         "QEMU spawn to the first KTAP line on the virtio-serial port (vm::run's first_ktap): \
-         vmlinux via PVH + our initramfs ({} vCPUs, {}, {}), kernel command line + `{NO_TEST}` \
+         vmlinux via PVH + our initramfs ({} vCPUs, {}, {}), kernel command line + `{}` \
          so no selftest runs after the header",
         f.boot.cpus,
         f.boot.memory(),
-        accel.name()
+        accel.name(),
+        no_test()
     );
     m.reference_what = format!(
         "`vng {}` from process spawn to exit (host root over virtio-9p, virtme-ng-init runs \
@@ -91,7 +94,7 @@ pub(super) fn run(
         signals::check()?;
         // Ours.
         let name = format!("boot-ours-{i}");
-        let mut cmdline = vec![NO_TEST.to_string()];
+        let mut cmdline = vec![no_test()];
         cmdline.extend(f.boot.append.iter().cloned());
         let s = spec(&f.boot, &kernel, &image, &accel, run_dir, &name, cmdline);
         if i == 1 {
@@ -165,7 +168,7 @@ pub(super) fn run(
             f.runs
         ));
     }
-    *breakdown = breakdown_yaml(&phases, &stamps, console_lines, &image);
+    *breakdown = Some(breakdown_yaml(&phases, &stamps, console_lines, &image));
     Ok(())
 }
 
@@ -217,6 +220,22 @@ fn check_vng(
     Ok(code)
 }
 
+/// bench.yaml's `boot_breakdown`: where our boot's time went.
+#[derive(Serialize)]
+pub(super) struct Breakdown {
+    what: &'static str,
+    milestones: Pairs<Milestone>,
+    gaps_s: Pairs<N>,
+    console_lines_before_init: usize,
+    initramfs_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct Milestone {
+    host_s: Option<N>,
+    guest_printk_s: Option<N>,
+}
+
 /// Median host-clock time of each milestone over the runs, the gaps between
 /// them, and the guest kernel's own timestamps for the same lines.
 fn breakdown_yaml(
@@ -224,7 +243,7 @@ fn breakdown_yaml(
     stamps: &[Vec<Option<f64>>],
     console_lines: usize,
     image: &Image,
-) -> Y {
+) -> Breakdown {
     let names: Vec<&str> = boottime::MILESTONES
         .iter()
         .map(|(n, _)| *n)
@@ -238,40 +257,32 @@ fn breakdown_yaml(
         report::median(&v)
     };
     let host: Vec<Option<f64>> = (0..names.len()).map(|i| column(phases, i)).collect();
-    let mut milestones = Vec::new();
-    for (i, n) in names.iter().enumerate() {
-        milestones.push((
-            n.to_string(),
-            Y::Map(vec![
-                ("host_s".into(), Y::opt_num(host[i])),
-                ("guest_printk_s".into(), Y::opt_num(column(stamps, i))),
-            ]),
-        ));
-    }
+    let milestones = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let m = Milestone {
+                host_s: report::opt(host[i]),
+                guest_printk_s: report::opt(column(stamps, i)),
+            };
+            (n.to_string(), m)
+        })
+        .collect();
     let mut gaps = Vec::new();
     let mut prev: (&str, f64) = ("qemu_spawn", 0.0);
     for (i, n) in names.iter().enumerate() {
         if let Some(t) = host[i] {
-            gaps.push((format!("{}_to_{n}", prev.0), Y::Num(t - prev.1)));
+            gaps.push((format!("{}_to_{n}", prev.0), N(t - prev.1)));
             prev = (n, t);
         }
     }
-    let initramfs = std::fs::metadata(&image.initramfs).map_or(0, |m| m.len() as i64);
-    Y::Map(vec![
-        (
-            "what".into(),
-            Y::str(
-                "our boot on the virtme kernel: median over the runs of the host time (from QEMU \
-                 spawn) at which each console milestone first appeared in the console file, \
-                 polled every 5 ms, and the guest's printk timestamp of the same line",
-            ),
-        ),
-        ("milestones".into(), Y::Map(milestones)),
-        ("gaps_s".into(), Y::Map(gaps)),
-        (
-            "console_lines_before_init".into(),
-            Y::Int(console_lines as i64),
-        ),
-        ("initramfs_bytes".into(), Y::Int(initramfs)),
-    ])
+    Breakdown {
+        what: "our boot on the virtme kernel: median over the runs of the host time (from QEMU \
+               spawn) at which each console milestone first appeared in the console file, \
+               polled every 5 ms, and the guest's printk timestamp of the same line",
+        milestones: Pairs(milestones),
+        gaps_s: Pairs(gaps),
+        console_lines_before_init: console_lines,
+        initramfs_bytes: std::fs::metadata(&image.initramfs).map_or(0, |m| m.len()),
+    }
 }

@@ -11,13 +11,13 @@ use super::report::{self, Measurement};
 use super::run::{tail, test_args, timed, xtask_test};
 use super::{jobs, Log, CHILD_LIMIT, EDITED};
 use crate::flags::BenchRigFlags;
-use crate::image::Image;
-use crate::kbuild::{self, Kernel};
-use crate::kconfig::Config;
 use crate::pipeline::Pipeline;
-use crate::tree::Tree;
+use crate::stages::image::Image;
+use crate::stages::kbuild::Kernel;
+use crate::stages::kconfig::Config;
+use crate::stages::tree::Tree;
 use crate::vm::Accel;
-use crate::{accel, signals};
+use crate::{sys::signals, vm::accel};
 
 pub(super) type Built = (Config, Kernel, Image, Accel);
 
@@ -49,12 +49,8 @@ pub(super) fn warm(
     let mut codes = Vec::new();
     for i in 1..=f.runs {
         signals::check()?;
-        let t = xtask_test(
-            &f.boot,
-            &p.ctx.work,
-            &run_dir.join(format!("warm-test-{i}.log")),
-            &[],
-        )?;
+        let log_path = run_dir.join(format!("warm-test-{i}.log"));
+        let t = xtask_test(&f.boot, &p.ctx.work, &log_path, &[])?;
         codes.push(t.code);
         let Some(qemu) = t.qemu.filter(|_| t.clean_boot) else {
             let why = format!(
@@ -188,18 +184,15 @@ pub(super) fn rebuild(
     for i in 1..=f.runs {
         signals::check()?;
         edit.apply(unique())?;
-        let ours = xtask_test(
-            &f.boot,
-            &p.ctx.work,
-            &run_dir.join(format!("rebuild-test-{i}.log")),
-            &[],
-        )?;
+        let log_path = run_dir.join(format!("rebuild-test-{i}.log"));
+        let ours = xtask_test(&f.boot, &p.ctx.work, &log_path, &[])?;
 
         signals::check()?;
         edit.apply(unique())?;
         let t = Instant::now();
-        let out = kbuild::make(&p.ctx, &tree, &config.build_dir, &[j.as_str(), "bzImage"])
-            .context("the reference make bzImage")?;
+        let out =
+            crate::stages::make::make(&p.ctx, &tree, &config.build_dir, &[j.as_str(), "bzImage"])
+                .context("the reference make bzImage")?;
         let make_secs = t.elapsed().as_secs_f64();
         std::fs::write(run_dir.join(format!("rebuild-make-{i}.log")), out)?;
         log.say(&format!(
@@ -280,7 +273,7 @@ pub(super) fn cold_prepare(p: &Pipeline, log: &Log) -> Result<PathBuf> {
         "-q",
         "--shared",
         "--branch",
-        crate::tree::BASELINE_TAG,
+        crate::stages::tree::BASELINE_TAG,
         &tree.path,
         &src
     )
@@ -295,6 +288,15 @@ pub(super) fn cold_prepare(p: &Pipeline, log: &Log) -> Result<PathBuf> {
     Ok(cold)
 }
 
+/// Removes a directory when dropped, however its user returned.
+struct RemoveOnDrop<'a>(&'a Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0);
+    }
+}
+
 /// Our cold run, then a cold `make bzImage`, in `cold` (from
 /// `cold_prepare`), which is removed afterwards.
 pub(super) fn cold(
@@ -304,18 +306,7 @@ pub(super) fn cold(
     log: &Log,
     m: &mut Measurement,
 ) -> Result<()> {
-    let result = cold_runs(f, cold, run_dir, log, m);
-    let _ = std::fs::remove_dir_all(cold);
-    result
-}
-
-fn cold_runs(
-    f: &BenchRigFlags,
-    cold: &Path,
-    run_dir: &Path,
-    log: &Log,
-    m: &mut Measurement,
-) -> Result<()> {
+    let _remove = RemoveOnDrop(cold);
     let src = std::fs::read_dir(cold.join("src"))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())

@@ -1,7 +1,14 @@
-//! What a benchmark measured, its table, and bench.yaml written by a small
-//! hand-written emitter (serde_yaml stays in results.rs).
+//! What a benchmark measured, its table, and the helpers of the bench's
+//! serde-derived YAML files: three-decimal figures and maps keyed by data
+//! (serde_yaml itself stays in report/results.rs).
 
-use crate::progress::fmt_secs;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+use crate::sys::progress::fmt_secs;
 
 /// One row of the table: our side against a reference, side by side.
 pub struct Measurement {
@@ -159,109 +166,50 @@ pub fn render(head: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// A YAML value: enough for bench.yaml (maps keep their order).
-pub enum Y {
-    Null,
-    Bool(bool),
-    Int(i64),
-    Num(f64),
-    Str(String),
-    List(Vec<Y>),
-    Map(Vec<(String, Y)>),
-}
+/// A figure in a bench YAML file: three decimals are all a measurement
+/// on this machine is worth.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct N(pub f64);
 
-impl Y {
-    pub fn str(s: impl Into<String>) -> Y {
-        Y::Str(s.into())
-    }
-
-    pub fn opt_num(v: Option<f64>) -> Y {
-        v.map_or(Y::Null, Y::Num)
-    }
-
-    pub fn nums(v: &[f64]) -> Y {
-        Y::List(v.iter().map(|&x| Y::Num(x)).collect())
-    }
-
-    fn is_block(&self) -> bool {
-        matches!(self, Y::List(l) if !l.is_empty()) || matches!(self, Y::Map(m) if !m.is_empty())
+impl Serialize for N {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64((self.0 * 1000.0).round() / 1000.0)
     }
 }
 
-/// Serialises `v` (a map at the top) as block-style YAML.
-pub fn to_yaml(v: &Y) -> String {
-    let mut out = String::new();
-    emit(v, 0, &mut out);
-    out
+/// For `#[serde(serialize_with)]`: a plain f64 field as an [`N`].
+pub fn three<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    N(*v).serialize(s)
 }
 
-fn emit(v: &Y, indent: usize, out: &mut String) {
-    let pad = " ".repeat(indent);
-    match v {
-        Y::Map(entries) if !entries.is_empty() => {
-            for (k, val) in entries {
-                out.push_str(&format!("{pad}{}:", key(k)));
-                if val.is_block() {
-                    out.push('\n');
-                    emit(val, indent + 2, out);
-                } else {
-                    out.push_str(&format!(" {}\n", scalar(val)));
-                }
-            }
+/// Figures as [`N`]s.
+pub fn nums(v: &[f64]) -> Vec<N> {
+    v.iter().copied().map(N).collect()
+}
+
+/// A figure that may be missing (`null`).
+pub fn opt(v: Option<f64>) -> Option<N> {
+    v.map(N)
+}
+
+/// A YAML map whose keys are data (stage and milestone names), in the
+/// order given.
+pub struct Pairs<V>(pub Vec<(String, V)>);
+
+impl<V: Serialize> Serialize for Pairs<V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
         }
-        Y::List(items) if !items.is_empty() => {
-            for item in items {
-                if item.is_block() {
-                    // "- " then the item's block, its first line on the dash's line.
-                    let mut inner = String::new();
-                    emit(item, indent + 2, &mut inner);
-                    let trimmed = &inner[indent + 2..];
-                    out.push_str(&format!("{pad}- {trimmed}"));
-                } else {
-                    out.push_str(&format!("{pad}- {}\n", scalar(item)));
-                }
-            }
-        }
-        other => out.push_str(&format!("{pad}{}\n", scalar(other))),
+        m.end()
     }
 }
 
-fn key(k: &str) -> String {
-    if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        k.to_string()
-    } else {
-        quote(k)
-    }
-}
-
-fn scalar(v: &Y) -> String {
-    match v {
-        Y::Null => "null".into(),
-        Y::Bool(b) => b.to_string(),
-        Y::Int(i) => i.to_string(),
-        Y::Num(x) if x.is_finite() => format!("{x:.3}"),
-        Y::Num(_) => ".nan".into(),
-        Y::Str(s) => quote(s),
-        Y::List(_) => "[]".into(),
-        Y::Map(_) => "{}".into(),
-    }
-}
-
-/// A double-quoted YAML string: always valid, whatever the text.
-fn quote(s: &str) -> String {
-    let mut q = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => q.push_str("\\\""),
-            '\\' => q.push_str("\\\\"),
-            '\n' => q.push_str("\\n"),
-            '\t' => q.push_str("\\t"),
-            c if c.is_control() => q.push_str(&format!("\\x{:02x}", c as u32 & 0xff)),
-            c => q.push(c),
-        }
-    }
-    q.push('"');
-    q
+/// Writes `v` as YAML to `path`.
+pub fn write_yaml<T: Serialize>(path: &Path, v: &T) -> anyhow::Result<()> {
+    let text = crate::report::results::to_yaml(v)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The bench's last lines name the goals it missed (keys), or none.
@@ -298,27 +246,36 @@ mod tests {
     }
 
     #[test]
-    fn yaml_nests_maps_and_lists_and_quotes_strings() {
-        let v = Y::Map(vec![
-            (
-                "machine".into(),
-                Y::Map(vec![("cpu".into(), Y::str("AMD \"EPYC\""))]),
-            ),
-            (
-                "measurements".into(),
-                Y::List(vec![Y::Map(vec![
-                    ("key".into(), Y::str("boot")),
-                    ("ours_s".into(), Y::nums(&[1.0, 2.5])),
-                    ("ratio".into(), Y::opt_num(None)),
-                    ("notes".into(), Y::List(vec![])),
-                ])]),
-            ),
-            ("ok".into(), Y::Bool(true)),
-        ]);
-        let text = to_yaml(&v);
+    fn yaml_keeps_the_order_rounds_figures_and_quotes_strings() {
+        #[derive(Serialize)]
+        struct M {
+            key: &'static str,
+            ours_s: Vec<N>,
+            ratio: Option<N>,
+            notes: Vec<String>,
+            stages: Pairs<N>,
+        }
+        #[derive(Serialize)]
+        struct Top {
+            machine: Pairs<&'static str>,
+            measurements: Vec<M>,
+            ok: bool,
+        }
+        let v = Top {
+            machine: Pairs(vec![("cpu".into(), "AMD \"EPYC\": 2")]),
+            measurements: vec![M {
+                key: "boot",
+                ours_s: nums(&[1.0, 2.5, 1.23456]),
+                ratio: opt(None),
+                notes: vec![],
+                stages: Pairs(vec![("tree".into(), N(0.5)), ("build".into(), N(12.3))]),
+            }],
+            ok: true,
+        };
+        let text = crate::report::results::to_yaml(&v).unwrap();
         assert_eq!(
             text,
-            "machine:\n  cpu: \"AMD \\\"EPYC\\\"\"\nmeasurements:\n  - key: \"boot\"\n    ours_s:\n      - 1.000\n      - 2.500\n    ratio: null\n    notes: []\nok: true\n"
+            "machine:\n  cpu: 'AMD \"EPYC\": 2'\nmeasurements:\n- key: boot\n  ours_s:\n  - 1.0\n  - 2.5\n  - 1.235\n  ratio: null\n  notes: []\n  stages:\n    tree: 0.5\n    build: 12.3\nok: true\n"
         );
     }
 }

@@ -8,11 +8,12 @@ use anyhow::{bail, Context, Result};
 
 use super::CHILD_LIMIT;
 use crate::flags::{self, BootFlags};
-use crate::image::Image;
-use crate::kbuild::Kernel;
-use crate::pgroup::{own_group, Group};
-use crate::signals;
-use crate::vm::{Accel, Limits, VmSpec};
+use crate::report::results;
+use crate::stages::image::Image;
+use crate::stages::kbuild::Kernel;
+use crate::sys::pgroup::{own_group, Group};
+use crate::sys::signals;
+use crate::vm::{self, Accel, Limits, VmSpec};
 
 /// Runs `expr` in its own process group with its output in `log_path`;
 /// returns its wall time and exit code. Ctrl-C or the limit end the group.
@@ -214,9 +215,16 @@ pub(super) fn xtask_test(
     let t = timed_with(cmd, log_path, CHILD_LIMIT, true)?;
     match t.code {
         Some(c @ (0 | 1)) => {
-            let text = std::fs::read_to_string(log_path).unwrap_or_default();
-            let mut stages = stage_times(&text);
-            // QEMU's lifetime as seen from here beats the log's rounded figure.
+            // Exit 0 and 1 come from a judged run, which wrote its results.
+            let results = work.join("runs/latest/results.yaml");
+            let run = results::read_run_summary(&results).with_context(|| {
+                format!(
+                    "the stage times of `cargo xtask test` ({})",
+                    log_path.display()
+                )
+            })?;
+            let mut stages = run.stages_s;
+            // QEMU's lifetime as seen from here includes its start-up and exit.
             if let (Some(q), Some(boot)) = (t.qemu, stages.iter_mut().find(|(k, _)| k == "boot")) {
                 boot.1 = q;
             }
@@ -224,7 +232,7 @@ pub(super) fn xtask_test(
                 secs: t.secs,
                 code: c,
                 stages,
-                clean_boot: text.contains("[boot] guest shut down cleanly"),
+                clean_boot: run.ending == vm::CLEAN_SHUTDOWN,
                 qemu: t.qemu,
             })
         }
@@ -263,81 +271,6 @@ pub(super) fn spec(
         ktap_log: dir.join(format!("{name}.ktap.log")),
         cmdline,
         qmp: None,
-    }
-}
-
-pub(super) fn write_cmdline(path: &Path, program: &str, args: &[String]) -> Result<()> {
-    let words: Vec<String> = args.iter().map(|a| shell_word(a)).collect();
-    std::fs::write(path, format!("{program} {}\n", words.join(" ")))
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-/// `a` as one shell word: as it is when safe, else single-quoted.
-fn shell_word(a: &str) -> String {
-    if !a.is_empty()
-        && a.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_=.,:/@+".contains(c))
-    {
-        a.to_string()
-    } else {
-        format!("'{}'", a.replace('\'', "'\\''"))
-    }
-}
-
-/// Where a `cargo xtask test` child's time went, from its own progress
-/// lines: each stage's closing `(<duration>)` (`[build] up to date` is 0),
-/// QEMU's run time and first KTAP line from `[boot] ... after X (first KTAP
-/// line at Y)`.
-pub(super) fn stage_times(log: &str) -> Vec<(String, f64)> {
-    let mut out: Vec<(String, f64)> = Vec::new();
-    let mut add = |k: &str, v: f64| match out.iter_mut().find(|(n, _)| n == k) {
-        Some((_, t)) => *t += v,
-        None => out.push((k.to_string(), v)),
-    };
-    for line in log.lines() {
-        let Some(rest) = line.strip_prefix('[') else {
-            continue;
-        };
-        let Some((stage, text)) = rest.split_once(']') else {
-            continue;
-        };
-        if stage == "boot" {
-            if let Some((_, after)) = text.split_once(" after ") {
-                let mut words = after.split_whitespace();
-                if let Some(t) = words.next().and_then(parse_secs) {
-                    add("boot", t);
-                }
-                if let Some(k) = after
-                    .split_once("first KTAP line at ")
-                    .and_then(|(_, k)| parse_secs(k.trim_end_matches(')')))
-                {
-                    add("boot_first_ktap", k);
-                }
-            }
-            continue;
-        }
-        if text.trim() == "up to date" || text.trim_start().starts_with("up to date:") {
-            add(stage, 0.0);
-            continue;
-        }
-        if let Some(t) = text
-            .trim_end()
-            .strip_suffix(')')
-            .and_then(|t| t.rsplit_once('('))
-            .and_then(|(_, d)| parse_secs(d))
-        {
-            add(stage, t);
-        }
-    }
-    out
-}
-
-/// `12.3s` or `1m09s` (progress::fmt_secs) as seconds.
-fn parse_secs(s: &str) -> Option<f64> {
-    let s = s.strip_suffix('s')?;
-    match s.split_once('m') {
-        Some((m, sec)) => Some(m.parse::<f64>().ok()? * 60.0 + sec.parse::<f64>().ok()?),
-        None => s.parse().ok(),
     }
 }
 
@@ -390,32 +323,16 @@ mod tests {
     }
 
     #[test]
-    fn reads_a_test_childs_stage_times() {
-        let log = "[apply] warning: dirty\n\
-            [build] make -j3 bzImage in /b\n\
-            [build]  10.1s CC      kernel/bpf/memalloc.o\n\
-            [build] vmlinux and bzImage built (1m09s)\n\
-            [image] BPF objects, guest runner, initramfs\n\
-            [image] /b/initramfs.cpio (4802 KiB, 5 BPF object(s)) (0.9s)\n\
-            [boot] guest shut down cleanly after 7.0s (first KTAP line at 3.1s)\n\
-            [boot]   ok 1 cpus_online\n";
-        let st = stage_times(log);
-        assert_eq!(
-            st,
-            vec![
-                ("build".to_string(), 69.0),
-                ("image".to_string(), 0.9),
-                ("boot".to_string(), 7.0),
-                ("boot_first_ktap".to_string(), 3.1),
-            ]
-        );
+    fn describes_a_test_childs_stage_times() {
+        let st = vec![
+            ("build".to_string(), 69.0),
+            ("image".to_string(), 0.9),
+            ("boot".to_string(), 7.0),
+            ("boot_first_ktap".to_string(), 3.1),
+        ];
         assert_eq!(
             describe_stages(&st, 80.0),
             "build 69.0s, image 0.9s, boot 7.0s, rest 3.1s"
-        );
-        assert_eq!(
-            stage_times("[build] up to date: /b\n"),
-            vec![("build".to_string(), 0.0)]
         );
     }
 
@@ -427,12 +344,5 @@ mod tests {
         assert!(!is_qemu_child_stat("4242 (qemu-system-x86) Z 4200 1", 4200));
         assert!(!is_qemu_child_stat("4243 (make (x)) S 4200 1", 4200));
         assert!(!has_qemu_child(std::process::id()));
-    }
-
-    #[test]
-    fn quotes_shell_words() {
-        assert_eq!(shell_word("-append"), "-append");
-        assert_eq!(shell_word("a b"), "'a b'");
-        assert_eq!(shell_word("it's"), "'it'\\''s'");
     }
 }

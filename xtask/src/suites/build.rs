@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::context::{require_tool, Ctx};
-use crate::kbuild::Kernel;
-use crate::progress::Stage;
-use crate::tree::Tree;
+use crate::stages::kbuild::Kernel;
+use crate::stages::tree::Tree;
+use crate::sys::progress::Stage;
 
 /// What the guest needs from the build: the output dir's top level.
 pub struct Suites {
@@ -84,7 +84,7 @@ pub fn build(ctx: &Ctx, tree: &Tree, kernel: &Kernel) -> Result<Suites> {
     // module loadable (same release, same types; symbols resolve at load).
     // bpf_testmod.ko links with the kernel's module linker script, which a
     // bzImage-only build does not generate.
-    crate::kbuild::make(ctx, tree, &kernel.build_dir, &["modules_prepare"])?;
+    crate::stages::make::make(ctx, tree, &kernel.build_dir, &["modules_prepare"])?;
     let log_path = root.join("make.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
@@ -94,7 +94,7 @@ pub fn build(ctx: &Ctx, tree: &Tree, kernel: &Kernel) -> Result<Suites> {
         .unchecked()
         .run()
         .context("running make in the selftests copy")?;
-    crate::signals::check().context("building the kernel suites")?;
+    crate::sys::signals::check().context("building the kernel suites")?;
     if !res.status.success() {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(30).collect();

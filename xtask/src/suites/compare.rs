@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::ktap::{Report, Status, TestResult};
+use crate::judge::ktap::{Report, Status, TestResult};
 
 /// `patches/<series>/kernel-suites.denylist`, in BPF CI's DENYLIST style:
 /// one test a line, `name  # reason`. A name covers its own leaves too
@@ -98,8 +98,9 @@ pub struct Comparison {
 }
 
 impl Comparison {
-    /// What fails the run, one line each.
-    pub fn problems(&self) -> Vec<String> {
+    /// What fails the run, one line each. A partial run (`--filter`,
+    /// another plan) cannot say an entry is stale: `stale` false leaves them out.
+    pub fn problems(&self, stale: bool) -> Vec<String> {
         let mut v = Vec::new();
         for r in &self.regressions {
             v.push(format!(
@@ -113,7 +114,7 @@ impl Comparison {
                 u.name, u.status, u.name
             ));
         }
-        for s in &self.stale {
+        for s in self.stale.iter().filter(|_| stale) {
             v.push(format!(
                 "stale denylist entry (line {}): {} no longer fails; remove it",
                 s.line, s.name
@@ -175,7 +176,7 @@ fn named(t: &TestResult, denylisted: Option<String>) -> Named {
     }
     Named {
         name: t.name.clone(),
-        status: crate::results::status_name(t.status),
+        status: t.status.name(),
         excerpt,
         denylisted,
     }
@@ -249,7 +250,7 @@ pub fn compare(baseline: Option<&Report>, series: &Report, deny: &[Entry]) -> Co
                         let mut v = vec![format!(
                             "{parent} stopped at {} ({}):",
                             s.name,
-                            crate::results::status_name(s.status)
+                            s.status.name()
                         )];
                         v.extend(named(s, None).excerpt);
                         v
@@ -360,7 +361,7 @@ mod tests {
                 _ => format!("# {name} broke\nnot ok {n} {name}\n"),
             };
         }
-        crate::ktap::parse(&text)
+        crate::judge::ktap::parse(&text)
     }
 
     #[test]
@@ -431,7 +432,12 @@ mod tests {
         assert_eq!(c.skipped, ["test_verifier.v/p"]);
         assert_eq!(c.stale.len(), 1);
         assert_eq!(c.stale[0].name, "test_progs:y");
-        assert_eq!(c.problems().len(), 3);
+        assert_eq!(c.problems(true).len(), 3);
+        assert_eq!(
+            c.problems(false).len(),
+            2,
+            "a partial run leaves the stale entry out"
+        );
         let t = c.tally["test_maps"];
         assert_eq!(
             t.0,
@@ -465,7 +471,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/../test_data/ktap/kernel_suites.ktap"
         );
-        let r = crate::ktap::parse(&std::fs::read_to_string(path).unwrap());
+        let r = crate::judge::ktap::parse(&std::fs::read_to_string(path).unwrap());
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         let leaves: Vec<(&str, Status)> = r
             .tests
@@ -489,7 +495,7 @@ mod tests {
         )
         .unwrap();
         let c = compare(None, &r, &deny);
-        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        assert!(c.problems(true).is_empty(), "{:?}", c.problems(true));
         assert_eq!(c.known_failures.len(), 1);
         assert_eq!(c.tally["test_progs"].1.passed, 6);
         assert_eq!(
@@ -509,7 +515,7 @@ mod tests {
             text += &format!("# check {i}:PASS\n");
         }
         text += "# elems:FAIL: 2 != 3\n# tail\nnot ok 1 t\n";
-        let r = crate::ktap::parse(&text);
+        let r = crate::judge::ktap::parse(&text);
         let n = named(&r.tests[0], None);
         assert_eq!(
             n.excerpt,
@@ -534,6 +540,6 @@ mod tests {
         assert_eq!(c.undocumented.len(), 1);
         assert_eq!(c.tally["test_maps"].0, None);
         let deny = parse_denylist("test_maps  # known\n", "d").unwrap();
-        assert!(compare(None, &series, &deny).problems().is_empty());
+        assert!(compare(None, &series, &deny).problems(true).is_empty());
     }
 }

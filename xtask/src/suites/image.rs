@@ -11,10 +11,12 @@ use anyhow::{bail, Context, Result};
 
 use super::build::Suites;
 use crate::context::Ctx;
-use crate::cpio::Entry;
-use crate::image::{add_file, base_archive, elf_has_interp, guest_runner, write_if_changed};
-use crate::kbuild::Kernel;
-use crate::progress::Stage;
+use crate::stages::cpio::Entry;
+use crate::stages::image::{
+    add_file, base_archive, elf_has_interp, guest_runner, write_if_changed,
+};
+use crate::stages::kbuild::Kernel;
+use crate::sys::progress::Stage;
 
 const GUEST_DIR: &str = "lib/kernel-suites";
 

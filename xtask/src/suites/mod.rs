@@ -11,12 +11,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use rig_contract::cmdline::{Suite, Word};
 
+use crate::commands::test::{boot, BootRequest, Booted};
 use crate::flags::{BootFlags, TestFlags};
 use crate::pipeline::Pipeline;
-use crate::progress::fmt_secs;
-use crate::test::{boot, BootRequest, Booted};
-use crate::{patches, results};
+use crate::sys::progress::fmt_secs;
+use crate::{report::results, stages::patches};
 
 /// The committed list of what runs (see the file's header).
 pub const PLAN: &str = "images/kernel-suites.plan";
@@ -73,12 +74,8 @@ pub fn run(f: TestFlags) -> Result<i32> {
         &series.booted.report,
         &deny,
     );
-    // A partial run (--filter, another plan) cannot say an entry is stale.
     let partial = f.boot.filter.is_some() || f.plan.is_some();
-    let mut problems = cmp.problems();
-    if partial {
-        problems.retain(|p| !p.starts_with("stale denylist entry"));
-    }
+    let mut problems = cmp.problems(!partial);
     print!("{}", compare::render(&cmp));
     for h in baseline.iter().chain([&series]) {
         println!(
@@ -148,7 +145,7 @@ fn half(f: &BootFlags, tree: Option<PathBuf>, plan: &str) -> Result<Half> {
         &kernel,
         &BootRequest {
             initrd: &initrd,
-            cmdline: &["rig.suite=kernel".to_string()],
+            cmdline: &[Word::Suite(Suite::Kernel).word()],
             label: &label,
         },
         started,
@@ -180,7 +177,7 @@ fn run_failure(b: &Booted) -> Option<String> {
             s.title
         ));
     }
-    why.extend(b.problems.iter().cloned());
+    why.extend(b.problems.iter().map(ToString::to_string));
     (!why.is_empty()).then(|| why.join("; "))
 }
 
@@ -207,7 +204,7 @@ fn write_results(b: &Booted, passed_run: bool) -> Result<()> {
             splats: &b.splats,
         },
     )?;
-    results::write_junit(&b.run_dir, &b.info, &b.report, &b.splats)
+    crate::report::junit::write(&b.run_dir, &b.info, &b.report, &b.splats)
 }
 
 /// `<tree>-baseline`: a detached worktree of the managed tree at

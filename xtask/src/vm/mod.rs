@@ -1,6 +1,7 @@
 //! Stage `boot`: run QEMU in its own process group, follow the console and
 //! the KTAP channel live, and end it on panic, hang, timeout or Ctrl-C.
 
+pub mod accel;
 pub mod qemu;
 pub mod qmp;
 
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::pgroup::{own_group, Group};
-use crate::{ktap, signals};
+use crate::sys::pgroup::{own_group, Group};
+use crate::{judge::ktap, sys::signals};
 pub use qemu::{Accel, VmSpec};
 
 pub struct Limits {
@@ -54,7 +55,7 @@ pub struct Outcome {
 impl Ending {
     pub fn describe(&self, limits: &Limits) -> String {
         match self {
-            Ending::Exited { code: Some(0) } => "guest shut down cleanly".into(),
+            Ending::Exited { code: Some(0) } => CLEAN_SHUTDOWN.into(),
             Ending::Exited { code } => format!("QEMU exited with status {code:?}"),
             Ending::Panicked => "kernel panic".into(),
             Ending::BootTimeout => format!(
@@ -79,9 +80,9 @@ impl Ending {
     }
 }
 
-/// What the guest runner prints when it falls back to the console
-/// (bpf-selftests/src/ktap.rs).
-const NO_KTAP_PORT: &str = "bpf-selftests: no virtio port named \"ktap\"";
+/// How a guest that shut down by itself is described (results.yaml's
+/// `run.ending`).
+pub const CLEAN_SHUTDOWN: &str = "guest shut down cleanly";
 /// The kernel's line for a PCI device without an interrupt.
 const NO_GSI: &str = "PCI INT A: no GSI";
 
@@ -181,7 +182,7 @@ pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, quiet: bool) -> Re
             // Read what QEMU wrote last.
             console.poll();
             ktap.poll();
-            break if crate::console::panic_message(&console.text).is_some() {
+            break if crate::judge::console::panic_message(&console.text).is_some() {
                 Ending::Panicked
             } else {
                 Ending::Exited {
@@ -190,7 +191,10 @@ pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, quiet: bool) -> Re
             };
         }
         // No KTAP will come: say why now rather than at the boot timeout.
-        if got_console && first_ktap.is_none() && console.text.contains(NO_KTAP_PORT) {
+        if got_console
+            && first_ktap.is_none()
+            && rig_contract::port::console_says_missing(&console.text)
+        {
             break Ending::NoKtapPort;
         }
         if let Some(sig) = signals::interrupted() {
@@ -200,7 +204,7 @@ pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, quiet: bool) -> Re
         }
         if got_console
             && panic_seen.is_none()
-            && crate::console::panic_message(&console.text).is_some()
+            && crate::judge::console::panic_message(&console.text).is_some()
         {
             panic_seen = Some(Instant::now());
         }

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use rig_contract::cmdline::Word;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accel {
     /// KVM with the named CPU model.
@@ -45,7 +47,7 @@ pub fn kernel_cmdline(spec: &VmSpec) -> String {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    words.push(format!("rig.cpus={}", spec.cpus));
+    words.push(Word::Cpus(spec.cpus as usize).word());
     words.extend(spec.cmdline.iter().cloned());
     words.join(" ")
 }

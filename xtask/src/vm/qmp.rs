@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-/// The line a guest writes to ask for an NMI.
-pub const REQUEST_NMI: &str = "# rig: inject-nmi";
 /// How long QEMU gets to answer one QMP command.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -27,9 +25,9 @@ pub fn socket_path() -> PathBuf {
     ))
 }
 
-/// How many NMI requests the KTAP text holds.
+/// How many NMI requests the KTAP text holds (rig_contract::request).
 pub fn nmi_requests(ktap: &str) -> usize {
-    ktap.lines().filter(|l| l.trim() == REQUEST_NMI).count()
+    rig_contract::request::count_inject_nmi(ktap)
 }
 
 /// Reads QMP lines until a command's reply: Ok for `return`, the error

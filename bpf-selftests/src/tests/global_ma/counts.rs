@@ -16,13 +16,13 @@ use super::{
     attach, describe_cpu_deltas, expect_deltas, finish, open, prog_counts, prog_id, quiet_stats,
     read_stats, trigger, write_global,
 };
-use crate::affinity;
 use crate::bench::kernel_bench;
-use crate::bpf::{self, Pod};
 use crate::check::Checks;
-use crate::cpu;
-use crate::fdinfo::ProgGlobalMa;
 use crate::runner::{Ctx, Outcome};
+use crate::sys::affinity;
+use crate::sys::bpf::{self, Pod};
+use crate::sys::cpu;
+use crate::sys::fdinfo::ProgGlobalMa;
 
 const OBJECT: &str = "global_ma_counts";
 /// GMA_N3, GMA_N5, GMA_N7 in the BPF program.
@@ -291,7 +291,7 @@ pub fn global_ma_prog_arg_refused(ctx: &Ctx<'_>) -> Result<Outcome> {
     }
     // The object compiles against any vmlinux.h (it only names the struct);
     // without the kfunc its load fails for that reason instead.
-    if !crate::btf_tags::kernel_has_func(TESTOBJ_NEW)? {
+    if !crate::sys::btf_tags::kernel_has_func(TESTOBJ_NEW)? {
         return Ok(Outcome::Skip(format!(
             "the kernel has no kfunc {TESTOBJ_NEW} (patch 0006 not applied)"
         )));

@@ -30,11 +30,11 @@ use std::os::fd::{AsFd, AsRawFd};
 use anyhow::{bail, Context, Result};
 
 use super::open;
-use crate::bpf;
-use crate::caches::Caches;
 use crate::check::Checks;
-use crate::prefill::{self, PrefillAttr, BPF_MAP_TYPE_GLOBAL_MA_RESERVE};
 use crate::runner::{Ctx, Outcome};
+use crate::sys::bpf;
+use crate::sys::caches::Caches;
+use crate::sys::reserve::{self, PrefillAttr, BPF_MAP_TYPE_GLOBAL_MA_RESERVE};
 
 const OBJECT: &str = "global_ma_counts";
 const BPFFS: &str = "/sys/fs/bpf";
@@ -59,20 +59,20 @@ pub fn global_ma_reserve_in_programs(ctx: &Ctx<'_>) -> Result<Outcome> {
         }
     }
     let mut checks = Checks::new();
-    let before = prefill::reserved_total()?;
+    let before = reserve::reserved_total()?;
 
     let open_ref = bpf::open_object(&ctx.cfg.bpf_dir, RESERVE_REF)?;
     let (loaded, log) = bpf::capture_libbpf_log(|| open_ref.load());
     match loaded {
         Ok(obj) => {
-            let held = prefill::reserved_total()?;
+            let held = reserve::reserved_total()?;
             checks.eq(
                 "objects reserved while a sleepable program refers to a 32 x 1 map",
                 true,
                 held > before,
             );
             drop(obj);
-            prefill::wait_reserved_total(before)?;
+            reserve::wait_reserved_total(before)?;
             ctx.diag(format!(
                 "sleepable program referring to the map loaded; {} objects reserved until it \
                  was unloaded",
@@ -109,7 +109,7 @@ pub fn global_ma_reserve_in_programs(ctx: &Ctx<'_>) -> Result<Outcome> {
     }
     drop(loaded);
     // The map libbpf made for the object goes with the failed load.
-    prefill::wait_reserved_total(before)?;
+    reserve::wait_reserved_total(before)?;
     checks.finish()?;
     Ok(Outcome::Pass)
 }
@@ -121,12 +121,12 @@ pub fn global_ma_reserve_no_elements(ctx: &Ctx<'_>) -> Result<Outcome> {
     const SIZE: u32 = 32;
     const COUNT: u32 = 4;
     let mut checks = Checks::new();
-    let before = prefill::reserved_total()?;
-    let map = prefill::prefill(SIZE, COUNT, 0).context("creating a 32 x 4 reservation map")?;
-    let held = prefill::reserved_total()?;
+    let before = reserve::reserved_total()?;
+    let map = reserve::prefill(SIZE, COUNT, 0).context("creating a 32 x 4 reservation map")?;
+    let held = reserve::reserved_total()?;
     let mut value = [0u8; SIZE as usize];
-    for (name, cmd) in prefill::ELEM_CMDS {
-        let got = prefill::map_elem_cmd(cmd, map.as_fd(), &mut value);
+    for (name, cmd) in reserve::ELEM_CMDS {
+        let got = reserve::map_elem_cmd(cmd, map.as_fd(), &mut value);
         checks.eq(
             format!("errno of {name} on a reservation map"),
             Some(libc::EOPNOTSUPP),
@@ -136,9 +136,9 @@ pub fn global_ma_reserve_no_elements(ctx: &Ctx<'_>) -> Result<Outcome> {
     checks.eq(
         "reserved objects after the element commands",
         held,
-        prefill::reserved_total()?,
+        reserve::reserved_total()?,
     );
-    let took = prefill::close_and_wait(map, before)?;
+    let took = reserve::close_and_wait(map, before)?;
     ctx.diag(format!(
         "lookup, update, delete and get_next_key refused; {} objects reserved, \
          released {took:.1?} after close",
@@ -153,14 +153,14 @@ pub fn global_ma_prefill_token_probe(ctx: &Ctx<'_>) -> Result<Outcome> {
         return Ok(skip);
     }
     let mut checks = Checks::new();
-    let before = (prefill::reserved_total()?, Caches::read()?);
+    let before = (reserve::reserved_total()?, Caches::read()?);
 
     // What libbpf's token probe sends: BPF_TOKEN_CREATE's { flags, bpffs_fd }.
     let bpffs = File::open(BPFFS).with_context(|| format!("opening {BPFFS}"))?;
     let fd = u32::try_from(bpffs.as_raw_fd()).context("bpffs fd")?;
     let mut token = [0u8; 8];
     token[4..].copy_from_slice(&fd.to_ne_bytes());
-    match prefill::sys_bpf(prefill::BPF_TOKEN_CREATE, &token) {
+    match reserve::sys_bpf(reserve::BPF_TOKEN_CREATE, &token) {
         Ok(_) => bail!("bpf(36, {{ flags 0, bpffs_fd {fd} }}) returned an fd"),
         Err(e) => checks.eq(
             "errno of bpf(36) with BPF_TOKEN_CREATE's attribute",
@@ -178,7 +178,7 @@ pub fn global_ma_prefill_token_probe(ctx: &Ctx<'_>) -> Result<Outcome> {
         count: 0,
         flags: BPF_F_NO_PREALLOC,
     };
-    match prefill::prefill_raw(cgrp_storage, &[]) {
+    match reserve::prefill_raw(cgrp_storage, &[]) {
         Ok(_) => bail!("map type 32 with BPF_MAP_TYPE_CGRP_STORAGE's shape was created"),
         Err(e) => checks.eq(
             "errno of map type 32 with CGRP_STORAGE's key_size 4, max_entries 0, NO_PREALLOC",
@@ -189,7 +189,7 @@ pub fn global_ma_prefill_token_probe(ctx: &Ctx<'_>) -> Result<Outcome> {
 
     // And what libbpf itself does when it loads an object.
     let obj = bpf::load(open(ctx, OBJECT)?, OBJECT)?;
-    let after = (prefill::reserved_total()?, Caches::read()?);
+    let after = (reserve::reserved_total()?, Caches::read()?);
     checks.eq("reserved objects after a libbpf load", before.0, after.0);
     for bad in after.1.marks_changed(&before.1) {
         checks.fail(format!("watermarks moved: {bad}"));

@@ -45,13 +45,15 @@ pub use prefill::{
 };
 pub use stress::global_ma_concurrent;
 
-use crate::bpf::{self, Pod};
-use crate::btf_tags;
 use crate::check::Checks;
-use crate::fdinfo::{self, ProgGlobalMa};
 use crate::ktap;
+use crate::poll::poll;
 use crate::runner::{Ctx, Outcome};
-use crate::stats::{self, Stats};
+use crate::sys::bpf::{self, Pod};
+use crate::sys::btf_tags;
+use crate::sys::fdinfo::{self, ProgGlobalMa};
+use crate::sys::outstanding::{self, Outstanding};
+use crate::sys::stats::{self, Stats};
 
 /// `GMA_MAGIC` in progs/global_ma.h: struct bpf_ma_testobj's magic.
 pub const MAGIC: u64 = 0x7473_6574_6170_6662;
@@ -170,23 +172,22 @@ pub fn quiet_stats(checks: &mut Checks) -> Result<Stats> {
         }
         last = s;
     };
-    *outstanding_at_start() = debug::read_outstanding()?;
+    *outstanding_at_start() = outstanding::read()?;
     Ok(quiet)
 }
 
 /// `outstanding` when the running test started (its quiet_stats()):
 /// finish() blames a test only for the owners that appeared during it, so
 /// an earlier test's leak fails that test alone.
-fn outstanding_at_start() -> std::sync::MutexGuard<'static, Option<Vec<debug::Outstanding>>> {
-    static AT_START: std::sync::Mutex<Option<Vec<debug::Outstanding>>> =
-        std::sync::Mutex::new(None);
+fn outstanding_at_start() -> std::sync::MutexGuard<'static, Option<Vec<Outstanding>>> {
+    static AT_START: std::sync::Mutex<Option<Vec<Outstanding>>> = std::sync::Mutex::new(None);
     AT_START.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Owners listed in `outstanding` now that were not when the running test
 /// started (None: no debug mode).
-pub fn new_outstanding() -> Result<Option<Vec<debug::Outstanding>>> {
-    let Some(now) = debug::read_outstanding()? else {
+pub fn new_outstanding() -> Result<Option<Vec<Outstanding>>> {
+    let Some(now) = outstanding::read()? else {
         return Ok(None);
     };
     let before = outstanding_at_start().clone().unwrap_or_default();
@@ -267,7 +268,9 @@ pub fn expect_prog_delta(
 /// got there, and how long it took.
 pub fn drop_and_settle<T>(what_to_drop: T, in_use: i64) -> Result<(Stats, bool, Duration)> {
     drop(what_to_drop);
-    stats::poll(SETTLE_TIMEOUT, POLL_INTERVAL, |s| s.in_use == in_use)
+    poll(SETTLE_TIMEOUT, POLL_INTERVAL, Stats::read, |s| {
+        s.in_use == in_use
+    })
 }
 
 /// The usual end of a test: release everything, wait for in_use to come
@@ -298,7 +301,7 @@ pub fn finish<T>(checks: &mut Checks, what_to_drop: T, start: &Stats) -> Result<
     if let Some(owners) = new_outstanding()? {
         checks.eq(
             "owners gone during the test with objects still allocated",
-            Vec::<debug::Outstanding>::new(),
+            Vec::<Outstanding>::new(),
             owners,
         );
     }

@@ -11,26 +11,23 @@
 //! They are not required to be zero, but every one of them must be
 //! counted the same by the program, its fdinfo and the allocator.
 
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Error, Result};
+use anyhow::{bail, Context, Result};
 use libbpf_rs::{Map, MapCore, MapFlags};
 
 use super::{attach, finish, open, prog_counts, quiet_stats, read_stats, trigger, write_global};
-use crate::bpf::{self, Pod};
 use crate::check::Checks;
-use crate::cpu::{self, MAX_CPUS};
-use crate::fdinfo::ProgGlobalMa;
-use crate::runner::{panic_message, Ctx, Outcome};
+use crate::runner::{Ctx, Outcome};
+use crate::sys::bpf::{self, Pod};
+use crate::sys::cpu::{self, MAX_CPUS};
+use crate::sys::fdinfo::ProgGlobalMa;
+use crate::tests::pinned;
 
 const OBJECT: &str = "global_ma_stress";
 const PROGRAM: &str = "gma_stress";
 /// How long every CPU hammers the map.
 const DURATION: Duration = Duration::from_millis(2500);
-/// How long the pinned threads get to report in.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `struct gma_cpu_counts`, the value of the `cpu_counts` array (by CPU).
 #[derive(Clone, Copy, Debug, Default)]
@@ -92,110 +89,44 @@ struct Ran {
 /// online CPU as its peer), all calling getpgid() until DURATION has
 /// passed. Returns what every thread did.
 fn hammer(cpus: &[usize], threads: &Map<'_>) -> Result<Vec<Ran>> {
-    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<u32>)>();
-    thread::scope(|s| {
-        let mut workers = Vec::new();
-        for &cpu in cpus {
-            let (go_tx, go_rx) = mpsc::channel::<Option<Instant>>();
-            let ready_tx = ready_tx.clone();
-            let handle = s.spawn(move || -> Result<(u64, Instant, Instant)> {
-                let pinned = cpu::pin_current_thread(cpu).map(|()| cpu::gettid());
-                let ok = pinned.is_ok();
-                let _ = ready_tx.send((cpu, pinned));
-                drop(ready_tx);
-                let Some(deadline) = go_rx.recv().ok().flatten().filter(|_| ok) else {
-                    let now = Instant::now();
-                    return Ok((0, now, now));
-                };
-                let mut calls = 0u64;
-                let first = Instant::now();
-                let mut last = first;
-                while last < deadline {
-                    trigger().with_context(|| format!("call {calls} on CPU {cpu}"))?;
-                    calls += 1;
-                    last = Instant::now();
-                }
-                let now = cpu::current_cpu()?;
-                if now != cpu {
-                    bail!("thread pinned to CPU {cpu} ended on CPU {now}");
-                }
-                Ok((calls, first, last))
-            });
-            workers.push((cpu, go_tx, handle));
+    let slot = |cpu: usize| {
+        let i = cpus.iter().position(|&c| c == cpu).unwrap_or(0);
+        ThreadSlot {
+            cpu: cpu as u32,
+            peer: cpus[(i + 1) % cpus.len()] as u32,
+            ..ThreadSlot::default()
         }
-        drop(ready_tx);
-
-        let mut errors: Vec<Error> = Vec::new();
-        let mut pinned = Vec::new();
-        for _ in cpus {
-            match ready_rx.recv_timeout(READY_TIMEOUT) {
-                Ok((cpu, Ok(tid))) => pinned.push((cpu, tid)),
-                Ok((cpu, Err(e))) => errors.push(e.context(format!("pinning to CPU {cpu}"))),
-                Err(e) => {
-                    errors.push(anyhow!("waiting for pinned threads: {e}"));
-                    break;
-                }
+    };
+    let ran = pinned::on_every_cpu(
+        cpus,
+        threads,
+        slot,
+        || Instant::now() + DURATION,
+        |cpu, deadline| {
+            let mut calls = 0u64;
+            let first = Instant::now();
+            let mut last = first;
+            while last < deadline {
+                trigger().with_context(|| format!("call {calls} on CPU {cpu}"))?;
+                calls += 1;
+                last = Instant::now();
             }
-        }
-        if errors.is_empty() {
-            for &(cpu, tid) in &pinned {
-                let i = cpus.iter().position(|&c| c == cpu).unwrap_or(0);
-                let slot = ThreadSlot {
-                    cpu: cpu as u32,
-                    peer: cpus[(i + 1) % cpus.len()] as u32,
-                    ..ThreadSlot::default()
-                };
-                if let Err(e) = threads.update(
-                    &tid.to_ne_bytes(),
-                    &bpf::pod_bytes(&slot),
-                    MapFlags::NO_EXIST,
-                ) {
-                    errors.push(Error::from(e).context(format!("registering tid {tid}")));
-                    break;
-                }
+            Ok((calls, first, last))
+        },
+    )?;
+    Ok(ran
+        .into_iter()
+        .map(|r| {
+            let (calls, first, last) = r.out;
+            Ran {
+                cpu: r.cpu,
+                tid: r.tid,
+                calls,
+                first,
+                last,
             }
-        }
-        // Every thread gets the same deadline before any is joined, so
-        // that they all run at once.
-        let deadline = errors.is_empty().then(|| Instant::now() + DURATION);
-        for (_, go_tx, _) in &workers {
-            let _ = go_tx.send(deadline);
-        }
-        let mut done = Vec::new();
-        for (cpu, _, handle) in workers {
-            match handle.join() {
-                Ok(Ok((calls, first, last))) => {
-                    if let Some(&(_, tid)) = pinned.iter().find(|(c, _)| *c == cpu) {
-                        done.push(Ran {
-                            cpu,
-                            tid,
-                            calls,
-                            first,
-                            last,
-                        });
-                    }
-                }
-                Ok(Err(e)) => errors.push(e.context(format!("thread on CPU {cpu}"))),
-                Err(p) => errors.push(anyhow!(
-                    "thread on CPU {cpu} panicked: {}",
-                    panic_message(p.as_ref())
-                )),
-            }
-        }
-        let mut errors = errors.into_iter();
-        match errors.next() {
-            None => {
-                done.sort_unstable_by_key(|r| r.cpu);
-                Ok(done)
-            }
-            Some(first) => {
-                for e in errors {
-                    crate::ktap::diag(&format!("also: {e:#}"));
-                }
-                Err(first)
-            }
-        }
-    })
+        })
+        .collect())
 }
 
 pub fn global_ma_concurrent(ctx: &Ctx<'_>) -> Result<Outcome> {

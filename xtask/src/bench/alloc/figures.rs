@@ -9,8 +9,7 @@ use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 
-use crate::ktap::{self, Status};
-use crate::results::status_name;
+use crate::judge::ktap::{self, Status};
 
 /// The guest's KTAP tests in `rig.bench=alloc` mode.
 pub const TESTS: [&str; 3] = ["bench_alloc", "bench_alloc_nmi", "bench_prefill"];
@@ -137,18 +136,12 @@ struct Line<'a> {
 
 impl<'a> Line<'a> {
     fn parse(text: &'a str) -> Result<Line<'a>> {
-        let mut words = text.split_whitespace();
-        let kind = words.next().context("a bench line without a kind")?;
-        let mut fields = BTreeMap::new();
-        for w in words {
-            let (k, v) = w
-                .split_once('=')
-                .with_context(|| format!("{w:?} is not key=value"))?;
-            if fields.insert(k, v).is_some() {
-                bail!("{k} given twice");
-            }
-        }
-        Ok(Line { text, kind, fields })
+        let f = rig_contract::bench::parse(text)?;
+        Ok(Line {
+            text,
+            kind: f.kind,
+            fields: f.fields,
+        })
     }
 
     fn str(&self, k: &str) -> Result<&'a str> {
@@ -191,10 +184,10 @@ pub fn parse(ktap_log: &str) -> Result<Figures> {
                 .rev()
                 .map(|d| d.as_str())
                 .collect();
-            bail!("{name} {}: {}", status_name(t.status), last.join(" | "));
+            bail!("{name} {}: {}", t.status.name(), last.join(" | "));
         }
         for d in &t.diagnostics {
-            let Some(text) = d.strip_prefix("bench: ") else {
+            let Some(text) = rig_contract::bench::strip(d) else {
                 continue;
             };
             let l = Line::parse(text).with_context(|| format!("{name}: `{d}`"))?;

@@ -3,7 +3,9 @@
 //! bench-alloc.yaml.
 
 use super::figures::{Figures, MODES, PREFILL_COUNTS};
-use crate::bench::report::{median, min, render, Y};
+use serde::Serialize;
+
+use crate::bench::report::{median, min, nums, opt, render, three, N};
 
 /// Goal: global alloc+free at most this fraction of kmalloc+kfree (min/min).
 pub const GLOBAL_VS_KMALLOC_GOAL: f64 = 0.5;
@@ -38,9 +40,11 @@ pub fn power(n: u64) -> String {
 }
 
 /// One goal and whether it was met.
+#[derive(Serialize)]
 pub struct Goal {
     pub key: String,
     pub what: String,
+    #[serde(serialize_with = "three")]
     pub value: f64,
     pub goal: String,
     pub met: bool,
@@ -205,106 +209,136 @@ impl Summary<'_> {
         render(&head, &rows)
     }
 
-    /// bench-alloc.yaml's entries for the figures and goals.
-    pub fn yaml_entries(&self) -> Vec<(String, Y)> {
+    /// bench-alloc.yaml's part for the figures and goals.
+    pub fn yaml(&self) -> FiguresYaml<'_> {
         let f = self.f;
         let s = &f.setup;
-        let nums = |v: &[f64]| Y::nums(v);
-        let mut sizes = Vec::new();
-        for &size in &s.sizes {
-            let kmalloc = f.ns_per_op("kmalloc", size);
-            let modes = MODES
-                .iter()
-                .map(|&mode| {
-                    let v = f.ns_per_op(mode, size);
-                    Y::Map(vec![
-                        ("mode".into(), Y::str(mode)),
-                        ("measures".into(), Y::str(mode_title(mode, s.batch))),
-                        ("ns_per_op".into(), nums(&v)),
-                        ("min_ns_per_op".into(), Y::opt_num(min(&v))),
-                        ("median_ns_per_op".into(), Y::opt_num(median(&v))),
-                        (
-                            "vs_kmalloc_min".into(),
-                            Y::opt_num(ratio(min(&v), min(&kmalloc))),
-                        ),
-                        (
-                            "vs_kmalloc_median".into(),
-                            Y::opt_num(ratio(median(&v), median(&kmalloc))),
-                        ),
-                        (
-                            "fails".into(),
-                            Y::List(
-                                f.fails(mode, size)
-                                    .iter()
-                                    .map(|&x| Y::Int(x as i64))
-                                    .collect(),
-                            ),
-                        ),
-                    ])
-                })
-                .collect();
-            let prefill = PREFILL_COUNTS
-                .iter()
-                .map(|&n| {
-                    let mut m = vec![("count_per_cpu".into(), Y::Int(n.into()))];
-                    match f.refusal(size, n) {
-                        Some(r) => {
-                            m.push(("refused".into(), Y::str(&r.errno)));
-                            m.push(("unit_size".into(), Y::Int(r.unit_size.into())));
-                            m.push(("limit_bytes_per_cpu".into(), Y::Int(r.limit as i64)));
-                        }
-                        None => {
-                            // Milliseconds: three decimals of seconds would
-                            // round a 10^3-object prefill away.
-                            let v: Vec<f64> =
-                                f.prefill_secs(size, n).iter().map(|s| s * 1e3).collect();
-                            m.push(("ms".into(), nums(&v)));
-                            m.push(("min_ms".into(), Y::opt_num(min(&v))));
-                            m.push(("median_ms".into(), Y::opt_num(median(&v))));
-                        }
-                    }
-                    Y::Map(m)
-                })
-                .collect();
-            sizes.push(Y::Map(vec![
-                ("size".into(), Y::Int(size.into())),
-                (
-                    "unit_size".into(),
-                    f.unit_size(size).map_or(Y::Null, |u| Y::Int(u.into())),
-                ),
-                ("alloc_free".into(), Y::List(modes)),
-                ("prefill".into(), Y::List(prefill)),
-            ]));
-        }
-        let goals = self
-            .goals
+        let sizes = s
+            .sizes
             .iter()
-            .map(|g| {
-                Y::Map(vec![
-                    ("key".into(), Y::str(&g.key)),
-                    ("what".into(), Y::str(&g.what)),
-                    ("value".into(), Y::Num(g.value)),
-                    ("goal".into(), Y::str(&g.goal)),
-                    ("met".into(), Y::Bool(g.met)),
-                ])
+            .map(|&size| {
+                let kmalloc = f.ns_per_op("kmalloc", size);
+                let alloc_free = MODES
+                    .iter()
+                    .map(|&mode| {
+                        let v = f.ns_per_op(mode, size);
+                        ModeYaml {
+                            mode,
+                            measures: mode_title(mode, s.batch),
+                            ns_per_op: nums(&v),
+                            min_ns_per_op: opt(min(&v)),
+                            median_ns_per_op: opt(median(&v)),
+                            vs_kmalloc_min: opt(ratio(min(&v), min(&kmalloc))),
+                            vs_kmalloc_median: opt(ratio(median(&v), median(&kmalloc))),
+                            fails: f.fails(mode, size),
+                        }
+                    })
+                    .collect();
+                let prefill = PREFILL_COUNTS
+                    .iter()
+                    .map(|&n| PrefillYaml {
+                        count_per_cpu: n,
+                        outcome: match f.refusal(size, n) {
+                            Some(r) => PrefillOutcome::Refused {
+                                refused: &r.errno,
+                                unit_size: r.unit_size,
+                                limit_bytes_per_cpu: r.limit,
+                            },
+                            None => {
+                                // Milliseconds: three decimals of seconds
+                                // would round a 10^3-object prefill away.
+                                let v: Vec<f64> =
+                                    f.prefill_secs(size, n).iter().map(|s| s * 1e3).collect();
+                                PrefillOutcome::Timed {
+                                    ms: nums(&v),
+                                    min_ms: opt(min(&v)),
+                                    median_ms: opt(median(&v)),
+                                }
+                            }
+                        },
+                    })
+                    .collect();
+                SizeYaml {
+                    size,
+                    unit_size: f.unit_size(size),
+                    alloc_free,
+                    prefill,
+                }
             })
             .collect();
-        vec![
-            (
-                "guest".into(),
-                Y::Map(vec![
-                    ("pinned_cpu".into(), Y::Int(s.cpu.into())),
-                    ("online_cpus".into(), Y::Int(s.online.into())),
-                    ("loops".into(), Y::Int(s.loops as i64)),
-                    ("nmi_batch".into(), Y::Int(s.batch.into())),
-                    ("repetitions".into(), Y::Int(s.reps.into())),
-                    ("warmup_runs".into(), Y::Int(s.warmup.into())),
-                ]),
-            ),
-            ("sizes".into(), Y::List(sizes)),
-            ("goals".into(), Y::List(goals)),
-        ]
+        FiguresYaml {
+            guest: GuestYaml {
+                pinned_cpu: s.cpu,
+                online_cpus: s.online,
+                loops: s.loops,
+                nmi_batch: s.batch,
+                repetitions: s.reps,
+                warmup_runs: s.warmup,
+            },
+            sizes,
+            goals: &self.goals,
+        }
     }
+}
+
+/// bench-alloc.yaml's figures and goals.
+#[derive(Serialize)]
+pub struct FiguresYaml<'a> {
+    guest: GuestYaml,
+    sizes: Vec<SizeYaml<'a>>,
+    goals: &'a [Goal],
+}
+
+#[derive(Serialize)]
+struct GuestYaml {
+    pinned_cpu: u32,
+    online_cpus: u32,
+    loops: u64,
+    nmi_batch: u32,
+    repetitions: u32,
+    warmup_runs: u32,
+}
+
+#[derive(Serialize)]
+struct SizeYaml<'a> {
+    size: u32,
+    unit_size: Option<u32>,
+    alloc_free: Vec<ModeYaml>,
+    prefill: Vec<PrefillYaml<'a>>,
+}
+
+#[derive(Serialize)]
+struct ModeYaml {
+    mode: &'static str,
+    measures: String,
+    ns_per_op: Vec<N>,
+    min_ns_per_op: Option<N>,
+    median_ns_per_op: Option<N>,
+    vs_kmalloc_min: Option<N>,
+    vs_kmalloc_median: Option<N>,
+    fails: Vec<u64>,
+}
+
+#[derive(Serialize)]
+struct PrefillYaml<'a> {
+    count_per_cpu: u32,
+    #[serde(flatten)]
+    outcome: PrefillOutcome<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PrefillOutcome<'a> {
+    Refused {
+        refused: &'a str,
+        unit_size: u32,
+        limit_bytes_per_cpu: u64,
+    },
+    Timed {
+        ms: Vec<N>,
+        min_ms: Option<N>,
+        median_ms: Option<N>,
+    },
 }
 
 fn ns(v: Option<f64>) -> String {
@@ -380,8 +414,9 @@ mod tests {
               exceed the 16 MiB per-CPU reserve limit"
             ]
         );
-        let y = crate::bench::report::to_yaml(&Y::Map(s.yaml_entries()));
-        assert!(y.contains("vs_kmalloc_min: 0.250"), "{y}");
-        assert!(y.contains("min_ms: 5.000"), "{y}");
+        let y = crate::report::results::to_yaml(&s.yaml()).unwrap();
+        assert!(y.contains("vs_kmalloc_min: 0.25\n"), "{y}");
+        assert!(y.contains("min_ms: 5.0\n"), "{y}");
+        assert!(y.contains("refused: E2BIG\n"), "{y}");
     }
 }

@@ -1,0 +1,362 @@
+//! `cargo xtask test` and the per-stage subcommands: the pipeline in order.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::flags::{BootFlags, Common, TestFlags};
+use crate::judge::ktap::Status;
+use crate::judge::verdict::{self, Problem, SnapshotCheck, SnapshotMode};
+use crate::pipeline::Pipeline;
+use crate::stages::image::Image;
+use crate::stages::kbuild::Kernel;
+use crate::sys::progress::{self, fmt_secs};
+use crate::vm::{Ending, Limits, VmSpec};
+use crate::{
+    judge::console, judge::ktap, report::junit, report::print, report::results, report::snapshot,
+    stages::kconfig, vm::accel,
+};
+
+pub fn stage_tree(c: Common) -> Result<i32> {
+    let t = Pipeline::new(c)?.tree()?;
+    println!("{}", t.path.display());
+    Ok(0)
+}
+
+pub fn stage_apply(c: Common) -> Result<i32> {
+    let t = Pipeline::new(c)?.applied()?;
+    println!("{}", t.path.display());
+    Ok(0)
+}
+
+pub fn stage_config(c: Common) -> Result<i32> {
+    let (_, config, _) = Pipeline::new(c)?.configured()?;
+    println!("{}", config.build_dir.join(".config").display());
+    Ok(0)
+}
+
+pub fn stage_build(c: Common) -> Result<i32> {
+    let (_, _, k) = Pipeline::new(c)?.built()?;
+    println!("{}", k.vmlinux.display());
+    Ok(0)
+}
+
+pub fn stage_image(c: Common) -> Result<i32> {
+    let (_, _, image) = Pipeline::new(c)?.imaged()?;
+    println!("{}", image.initramfs.display());
+    Ok(0)
+}
+
+pub fn stage_boot(f: BootFlags) -> Result<i32> {
+    run_all(f, SnapshotMode::Off)
+}
+
+pub fn run(f: TestFlags) -> Result<i32> {
+    if f.boot.common.suite == crate::flags::Suite::Kernel {
+        if f.accept {
+            anyhow::bail!("--accept updates the selftests' snapshot; the kernel suites are judged by patches/<series>/kernel-suites.denylist instead");
+        }
+        return crate::suites::run(f);
+    }
+    if f.plan.is_some() {
+        anyhow::bail!("--plan needs --suite kernel");
+    }
+    if f.baseline {
+        anyhow::bail!("--baseline needs --suite kernel (the series' own selftests have nothing to run on the baseline)");
+    }
+    let snapshot = if f.accept {
+        SnapshotMode::Accept
+    } else {
+        SnapshotMode::Compare
+    };
+    run_all(f.boot, snapshot)
+}
+
+fn run_all(f: BootFlags, snapshot: SnapshotMode) -> Result<i32> {
+    let started = Instant::now();
+    let p = Pipeline::new(f.common.clone())?;
+    let (config, kernel, image) = p.imaged()?;
+    let built = Built {
+        config: &config,
+        kernel: &kernel,
+        image: &image,
+    };
+    Ok(boot_and_judge(&p, &f, built, snapshot, started)?.exit_code())
+}
+
+/// What one boot concluded, for callers that go on (check-series, bisect).
+pub struct Summary {
+    pub passed: bool,
+    /// Passed but for skipped tests: what check-series and bisect ask of a
+    /// patch whose selftests' feature arrives in a later patch.
+    pub passed_but_skips: bool,
+    pub verdict: String,
+    /// True when the guest got as far as printing KTAP.
+    pub booted: bool,
+    /// Tests that did not pass, with their first diagnostic lines.
+    pub failing: Vec<String>,
+    pub first_splat: Option<String>,
+    pub first_splat_title: Option<String>,
+    /// Tests that failed, crashed or were skipped (not those never run).
+    pub culprits: Vec<String>,
+    pub run_dir: std::path::PathBuf,
+    /// The accelerator the guest ran under (`Accel::name`).
+    pub accel: String,
+}
+
+impl Summary {
+    pub fn exit_code(&self) -> i32 {
+        if self.passed {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+/// One guest run, parsed: what every verdict is built from.
+pub struct Booted {
+    pub out: crate::vm::Outcome,
+    pub limits: Limits,
+    pub report: ktap::Report,
+    pub clean_exit: bool,
+    pub splats: Vec<console::Splat>,
+    pub panic: Option<String>,
+    /// Problems with the run itself (no KTAP, QEMU errors, parser problems).
+    pub problems: Vec<Problem>,
+    pub info: results::RunInfo,
+    pub run_dir: std::path::PathBuf,
+    pub accel: crate::vm::Accel,
+}
+
+/// What to boot besides the kernel.
+pub struct BootRequest<'a> {
+    pub initrd: &'a std::path::Path,
+    /// Words for the guest's command line before the flags' own.
+    pub cmdline: &'a [String],
+    /// Names the run dir and the run in results.yaml.
+    pub label: &'a str,
+}
+
+/// Boots `kernel` with the request's initrd, waits for the guest under the
+/// flags' limits and parses what it wrote.
+pub fn boot(
+    p: &Pipeline,
+    f: &BootFlags,
+    config: &kconfig::Config,
+    kernel: &Kernel,
+    req: &BootRequest<'_>,
+    started: Instant,
+) -> Result<Booted> {
+    let BootRequest {
+        initrd,
+        cmdline: extra_cmdline,
+        label,
+    } = *req;
+    let accel = accel::choose(&p.ctx, f.accel, &kernel.boot_image(), initrd)?;
+    let run_dir = results::new_run_dir(&p.ctx.work, label)?;
+    let mut cmdline = extra_cmdline.to_vec();
+    if let Some(filter) = &f.filter {
+        cmdline.push(rig_contract::cmdline::Word::Filter(filter.clone()).word());
+    }
+    cmdline.extend(f.append.iter().cloned());
+    let spec = VmSpec {
+        kernel: kernel.boot_image(),
+        initrd: initrd.to_path_buf(),
+        cpus: f.cpus,
+        memory: f.memory(),
+        accel: accel.clone(),
+        console_log: run_dir.join("console.log"),
+        ktap_log: run_dir.join("ktap.log"),
+        cmdline,
+        qmp: Some(crate::vm::qmp::socket_path()),
+    };
+    crate::sys::shell::write_cmdline(
+        &run_dir.join("qemu.cmdline"),
+        "qemu-system-x86_64",
+        &crate::vm::qemu::args(&spec),
+    )?;
+    let limits = Limits {
+        boot: Duration::from_secs(f.boot_timeout),
+        test: Duration::from_secs(f.test_timeout),
+        silence: Duration::from_secs(f.silence_timeout),
+    };
+    eprintln!(
+        "[boot] {} on {} vCPUs, {} ({}); run dir {}",
+        kernel.release,
+        f.cpus,
+        f.memory(),
+        accel.name(),
+        run_dir.display()
+    );
+    let out = crate::vm::run(&spec, &limits, &run_dir.join("qemu.stderr"), false)
+        .context("running the guest")?;
+    eprintln!(
+        "[boot] {} after {} (first KTAP line at {})",
+        out.ending.describe(&limits),
+        fmt_secs(out.elapsed),
+        out.first_ktap.map_or("-".to_string(), fmt_secs)
+    );
+    progress::record("boot", out.elapsed.as_secs_f64());
+    if let Some(first) = out.first_ktap {
+        progress::record("boot_first_ktap", first.as_secs_f64());
+    }
+
+    let mut report = ktap::parse(&out.ktap);
+    let clean_exit = out.ending == Ending::Exited { code: Some(0) };
+    if !clean_exit {
+        report.mark_running_crashed(&out.ending.describe(&limits));
+    }
+    let splats = console::scan(&out.console);
+    let panic = console::panic_message(&out.console);
+    let problems = verdict::run_problems(&out.ending, &out.qemu_stderr, &report);
+    let info = results::RunInfo {
+        kernel: kernel.release.clone(),
+        series: label.to_string(),
+        configs: config.names.clone(),
+        config_hash: config.hash[..16].to_string(),
+        cpus: f.cpus,
+        memory: f.memory(),
+        accel: accel.name(),
+        ending: out.ending.describe(&limits),
+        wall_s: started.elapsed().as_secs_f64(),
+        boot_to_first_ktap_s: out.first_ktap.map(|d| d.as_secs_f64()),
+        stages_s: progress::take_times(),
+    };
+    Ok(Booted {
+        out,
+        limits,
+        report,
+        clean_exit,
+        splats,
+        panic,
+        problems,
+        info,
+        run_dir,
+        accel,
+    })
+}
+
+/// The pipeline's artefacts a boot needs.
+#[derive(Clone, Copy)]
+pub struct Built<'a> {
+    pub config: &'a kconfig::Config,
+    pub kernel: &'a Kernel,
+    pub image: &'a Image,
+}
+
+/// Everything after the image: boot, judge, report. `snapshot` says whether
+/// the results are compared with (or written into) the committed snapshot.
+pub fn boot_and_judge(
+    p: &Pipeline,
+    f: &BootFlags,
+    built: Built<'_>,
+    snapshot: SnapshotMode,
+    started: Instant,
+) -> Result<Summary> {
+    let series = p.series_name();
+    let b = boot(
+        p,
+        f,
+        built.config,
+        built.kernel,
+        &BootRequest {
+            initrd: &built.image.initramfs,
+            cmdline: &[],
+            label: &series,
+        },
+        started,
+    )?;
+    let check = match snapshot {
+        SnapshotMode::Off => SnapshotCheck::NotCompared,
+        _ if f.filter.is_some() || !f.append.is_empty() => {
+            eprintln!("[report] --filter or --append given: snapshot not compared");
+            SnapshotCheck::NotCompared
+        }
+        mode => {
+            let same = snapshot::check(
+                &p.ctx.repo,
+                &series,
+                &snapshot::normalized(&b.report),
+                mode == SnapshotMode::Accept,
+            )?;
+            if same {
+                SnapshotCheck::Matched
+            } else {
+                SnapshotCheck::Differs
+            }
+        }
+    };
+    let v = verdict::judge(
+        &verdict::Outcome {
+            ending: &b.out.ending,
+            limits: &b.limits,
+            qemu_stderr: &b.out.qemu_stderr,
+            panic: b.panic.as_deref(),
+            snapshot: check,
+            series: &series,
+        },
+        &b.report,
+        &b.splats,
+    );
+    let counts = b.report.counts();
+    results::write_yaml(
+        &b.run_dir,
+        &results::ResultsFile {
+            run: &b.info,
+            passed: v.passed,
+            verdict: &v.line,
+            counts,
+            problems: &v.problems,
+            tests: &b.report.tests,
+            splats: &b.splats,
+        },
+    )?;
+    junit::write(&b.run_dir, &b.info, &b.report, &b.splats)?;
+    print::table(&b.report, &b.splats, &v.problems);
+    println!("run dir: {}", b.run_dir.display());
+    println!("{}", v.line);
+    println!("{}", print::closing_line(&b.report, &v));
+    let failing = b
+        .report
+        .tests
+        .iter()
+        .filter(|t| t.status != Status::Passed)
+        .map(|t| {
+            let why: Vec<&str> = t
+                .diagnostics
+                .iter()
+                .rev()
+                .take(3)
+                .rev()
+                .map(String::as_str)
+                .collect();
+            format!("{} {}: {}", t.name, t.status.name(), why.join(" | "))
+        })
+        .collect();
+    Ok(Summary {
+        passed: v.passed,
+        passed_but_skips: v.passed_but_skips,
+        verdict: v.line,
+        booted: !b.out.ktap.trim().is_empty(),
+        failing,
+        first_splat: b.splats.first().map(|s| {
+            s.excerpt
+                .iter()
+                .take(12)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        }),
+        first_splat_title: b.splats.first().map(|s| s.title.clone()),
+        culprits: b
+            .report
+            .tests
+            .iter()
+            .filter(|t| !matches!(t.status, Status::Passed | Status::NotRun))
+            .map(|t| format!("{} ({})", t.name, t.status.name()))
+            .collect(),
+        run_dir: b.run_dir,
+        accel: b.accel.name(),
+    })
+}

@@ -1,0 +1,377 @@
+//! Stage `judge`, as data: [`judge`] turns what the guest did (its
+//! [`Outcome`]), what it reported (the parsed KTAP) and what the console
+//! showed (the splats) into a [`Verdict`]. No I/O: the snapshot comparison
+//! comes in as [`SnapshotCheck`], printing and files are the report's job.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+use crate::judge::console::Splat;
+use crate::judge::ktap::Report;
+use crate::vm::{Ending, Limits};
+
+/// Whether a run compares its results with the committed snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// `boot`, check-series, bisect, mutants, bench: no comparison.
+    Off,
+    /// `test`: compare, and fail on a difference.
+    Compare,
+    /// `test --accept`: write the results into the snapshot.
+    Accept,
+}
+
+/// What the snapshot comparison found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotCheck {
+    /// Not asked for, or not meaningful (`--filter`, `--append`).
+    NotCompared,
+    Matched,
+    Differs,
+}
+
+/// Something wrong with the run itself, besides failed tests and splats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The KTAP stream did not follow the contract (the parser's words).
+    Ktap(String),
+    /// Not one KTAP result.
+    NoResults,
+    /// What QEMU wrote on stderr when it did not end cleanly (first lines).
+    Qemu(String),
+    /// The results are not the committed snapshot of `series`.
+    SnapshotDiffers { series: String },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Ktap(p) => f.write_str(p),
+            Problem::NoResults => f.write_str("no KTAP results at all"),
+            Problem::Qemu(err) => write!(f, "QEMU said: {err}"),
+            Problem::SnapshotDiffers { series } => write!(
+                f,
+                "results differ from the snapshot bpf-selftests/snapshots/results@{series}.snap \
+                 (diff above; `cargo xtask test --accept` or `cargo insta review` to update it)"
+            ),
+        }
+    }
+}
+
+/// As the sentence it prints (results.yaml lists problems as text).
+impl Serialize for Problem {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// How the guest run went, apart from its KTAP.
+pub struct Outcome<'a> {
+    pub ending: &'a Ending,
+    pub limits: &'a Limits,
+    pub qemu_stderr: &'a str,
+    /// The console's `Kernel panic - not syncing:` message.
+    pub panic: Option<&'a str>,
+    pub snapshot: SnapshotCheck,
+    /// Names the snapshot in its problem.
+    pub series: &'a str,
+}
+
+impl Outcome<'_> {
+    fn clean_exit(&self) -> bool {
+        *self.ending == (Ending::Exited { code: Some(0) })
+    }
+}
+
+/// The judgement of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Every test passed (none skipped), no splat, no problem, the snapshot
+    /// matched or was not compared.
+    pub passed: bool,
+    /// Passed but for skipped tests or a snapshot difference: what
+    /// check-series and bisect ask of a patch whose selftests' feature
+    /// arrives in a later patch.
+    pub passed_but_skips: bool,
+    pub problems: Vec<Problem>,
+    /// `PASS: ...` or `FAIL (why): ...`, with the counts.
+    pub line: String,
+}
+
+/// Problems with the run itself, in the order they are reported: the KTAP
+/// parser's, no results at all, QEMU's complaint when it did not end cleanly
+/// (a panic says enough).
+pub fn run_problems(ending: &Ending, qemu_stderr: &str, report: &Report) -> Vec<Problem> {
+    let mut problems: Vec<Problem> = report.problems.iter().cloned().map(Problem::Ktap).collect();
+    if report.tests.is_empty() {
+        problems.push(Problem::NoResults);
+    }
+    let clean_exit = *ending == (Ending::Exited { code: Some(0) });
+    if !clean_exit && !matches!(ending, Ending::Panicked) {
+        let err = qemu_stderr.trim();
+        if !err.is_empty() {
+            problems.push(Problem::Qemu(
+                err.lines().take(5).collect::<Vec<_>>().join(" | "),
+            ));
+        }
+    }
+    problems
+}
+
+/// The verdict. Skipped is not passed: a run with a skip does not pass.
+pub fn judge(outcome: &Outcome<'_>, report: &Report, splats: &[Splat]) -> Verdict {
+    let clean_exit = outcome.clean_exit();
+    let mut problems = run_problems(outcome.ending, outcome.qemu_stderr, report);
+    if outcome.snapshot == SnapshotCheck::Differs {
+        problems.push(Problem::SnapshotDiffers {
+            series: outcome.series.to_string(),
+        });
+    }
+    let tests_ok = clean_exit
+        && report.all_passed()
+        && report.counts().skipped == 0
+        && !report.tests.is_empty();
+    let passed = tests_ok && splats.is_empty() && problems.is_empty();
+    let passed_but_skips = clean_exit
+        && report.all_passed()
+        && splats.is_empty()
+        && problems
+            .iter()
+            .all(|p| matches!(p, Problem::SnapshotDiffers { .. }));
+    Verdict {
+        passed,
+        passed_but_skips,
+        line: verdict_line(passed, outcome, report, splats),
+        problems,
+    }
+}
+
+fn verdict_line(passed: bool, outcome: &Outcome<'_>, report: &Report, splats: &[Splat]) -> String {
+    let c = report.counts();
+    let counts = format!(
+        "{} passed, {} failed, {} skipped, {} crashed, {} not run",
+        c.passed, c.failed, c.skipped, c.crashed, c.not_run
+    );
+    if passed {
+        return format!("PASS: {counts}");
+    }
+    let mut why = Vec::new();
+    if let Some(p) = outcome.panic {
+        why.push(format!("kernel panic: {p}"));
+    } else if !outcome.clean_exit() {
+        why.push(outcome.ending.describe(outcome.limits));
+    }
+    if let Some(first) = splats.first() {
+        why.push(format!(
+            "{} splat(s) in the console, first: {}",
+            splats.len(),
+            first.title
+        ));
+    }
+    if why.is_empty() {
+        why.push("results".to_string());
+    }
+    format!("FAIL ({}): {counts}", why.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::test_data::read;
+    use crate::{judge::console, judge::ktap};
+    use std::time::Duration;
+
+    const LIMITS: Limits = Limits {
+        boot: Duration::from_secs(120),
+        test: Duration::from_secs(300),
+        silence: Duration::from_secs(60),
+    };
+    const CLEAN: Ending = Ending::Exited { code: Some(0) };
+
+    /// A recorded KTAP log and console log of a run that shut down cleanly,
+    /// not compared with a snapshot, judged.
+    fn judged(ktap_file: &str, console_file: &str) -> Verdict {
+        judged_with(
+            ktap_file,
+            console_file,
+            &CLEAN,
+            SnapshotCheck::NotCompared,
+            "",
+        )
+    }
+
+    /// Judges a recorded KTAP log and console log as the pipeline does:
+    /// a run that did not end cleanly crashes its running test.
+    fn judged_with(
+        ktap_file: &str,
+        console_file: &str,
+        ending: &Ending,
+        snapshot: SnapshotCheck,
+        stderr: &str,
+    ) -> Verdict {
+        let mut report = ktap::parse(&read(ktap_file));
+        if *ending != CLEAN {
+            report.mark_running_crashed(&ending.describe(&LIMITS));
+        }
+        let console = read(console_file);
+        let panic = console::panic_message(&console);
+        let outcome = Outcome {
+            ending,
+            limits: &LIMITS,
+            qemu_stderr: stderr,
+            panic: panic.as_deref(),
+            snapshot,
+            series: "global-ma",
+        };
+        judge(&outcome, &report, &console::scan(&console))
+    }
+
+    #[test]
+    fn all_passed_on_a_clean_console_passes() {
+        let v = judged_with(
+            "ktap/all_pass.ktap",
+            "console/clean_boot.log",
+            &CLEAN,
+            SnapshotCheck::Matched,
+            "",
+        );
+        assert!(v.passed && v.passed_but_skips, "{v:?}");
+        assert!(v.problems.is_empty());
+        assert!(v.line.starts_with("PASS: "), "{}", v.line);
+        assert!(
+            v.line
+                .ends_with(" 0 failed, 0 skipped, 0 crashed, 0 not run"),
+            "{}",
+            v.line
+        );
+    }
+
+    #[test]
+    fn a_skip_is_not_a_pass_but_passes_but_for_skips() {
+        let v = judged("ktap/skip.ktap", "console/clean_boot.log");
+        assert!(!v.passed);
+        assert!(v.passed_but_skips);
+        assert_eq!(
+            v.line,
+            "FAIL (results): 2 passed, 0 failed, 2 skipped, 0 crashed, 0 not run"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_difference_fails_but_passes_but_for_skips() {
+        let v = judged_with(
+            "ktap/all_pass.ktap",
+            "console/clean_boot.log",
+            &CLEAN,
+            SnapshotCheck::Differs,
+            "",
+        );
+        assert!(!v.passed);
+        assert!(v.passed_but_skips);
+        assert_eq!(
+            v.problems,
+            [Problem::SnapshotDiffers {
+                series: "global-ma".into()
+            }]
+        );
+        assert!(v.problems[0].to_string().starts_with(
+            "results differ from the snapshot bpf-selftests/snapshots/results@global-ma.snap"
+        ));
+    }
+
+    #[test]
+    fn a_failed_test_fails() {
+        let v = judged("ktap/one_fail.ktap", "console/clean_boot.log");
+        assert!(!v.passed && !v.passed_but_skips);
+        assert!(
+            v.line.starts_with("FAIL (results): 3 passed, 1 failed"),
+            "{}",
+            v.line
+        );
+    }
+
+    #[test]
+    fn a_splat_fails_a_run_whose_tests_all_passed() {
+        let v = judged_with(
+            "ktap/all_pass.ktap",
+            "console/warn_on.log",
+            &CLEAN,
+            SnapshotCheck::Matched,
+            "",
+        );
+        assert!(!v.passed && !v.passed_but_skips);
+        assert!(v.problems.is_empty());
+        assert!(
+            v.line
+                .starts_with("FAIL (1 splat(s) in the console, first: WARNING: CPU: "),
+            "{}",
+            v.line
+        );
+    }
+
+    #[test]
+    fn a_panic_names_the_panic_and_crashes_the_running_test() {
+        let v = judged_with(
+            "ktap/crash_truncated.ktap",
+            "console/null_deref_panic.log",
+            &Ending::Panicked,
+            SnapshotCheck::NotCompared,
+            "ignored after a panic",
+        );
+        assert!(!v.passed && !v.passed_but_skips);
+        assert!(
+            v.line.starts_with("FAIL (kernel panic: Fatal exception; "),
+            "{}",
+            v.line
+        );
+        assert!(v.line.contains(" 1 crashed, "), "{}", v.line);
+        assert!(
+            !v.problems.iter().any(|p| matches!(p, Problem::Qemu(_))),
+            "{:?}",
+            v.problems
+        );
+    }
+
+    #[test]
+    fn a_hang_names_the_ending_and_quotes_qemu() {
+        let ending = Ending::Silence;
+        let v = judged_with(
+            "ktap/crash_truncated.ktap",
+            "console/clean_boot.log",
+            &ending,
+            SnapshotCheck::NotCompared,
+            "qemu: one\nqemu: two\n",
+        );
+        assert!(
+            v.line
+                .starts_with("FAIL (guest hung: no console or KTAP output for 60s): "),
+            "{}",
+            v.line
+        );
+        assert_eq!(
+            v.problems.last(),
+            Some(&Problem::Qemu("qemu: one | qemu: two".into()))
+        );
+        assert_eq!(
+            v.problems.last().unwrap().to_string(),
+            "QEMU said: qemu: one | qemu: two"
+        );
+    }
+
+    #[test]
+    fn protocol_errors_are_problems_and_no_ktap_is_one_too() {
+        let v = judged("ktap/protocol_errors.ktap", "console/clean_boot.log");
+        assert!(!v.passed && !v.passed_but_skips);
+        assert!(!v.problems.is_empty() && v.problems.iter().all(|p| matches!(p, Problem::Ktap(_))));
+        let report = ktap::parse("");
+        let problems = run_problems(&CLEAN, "", &report);
+        assert_eq!(
+            problems.iter().map(Problem::to_string).collect::<Vec<_>>(),
+            [
+                "no KTAP output (no header, plan or result)",
+                "no KTAP results at all"
+            ]
+        );
+    }
+}
