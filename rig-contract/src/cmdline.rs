@@ -24,12 +24,13 @@ impl Suite {
 }
 
 /// How hard the fixed-duration stress tests run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
     /// Short stress durations, every check kept: the desk's default.
     Quick,
     /// The full durations: what judges the series' strength, and what the
     /// guest runs without a `rig.profile=` word.
+    #[default]
     Full,
 }
 
