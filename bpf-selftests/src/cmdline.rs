@@ -11,7 +11,7 @@ use rig_contract::cmdline::{self, Profile, Suite};
 /// Where the host installs the compiled BPF objects in the guest.
 pub const DEFAULT_BPF_DIR: &str = "/lib/bpf-selftests";
 /// The longest a fixed-duration stress test runs in the quick profile.
-pub const QUICK_STRESS: Duration = Duration::from_millis(500);
+pub const QUICK_STRESS: Duration = Duration::from_millis(cmdline::QUICK_STRESS_MS);
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Config {

@@ -34,6 +34,10 @@ pub enum Profile {
     Full,
 }
 
+/// The longest a fixed-duration stress test runs in [`Profile::Quick`]
+/// (the guest runs it, the host says it).
+pub const QUICK_STRESS_MS: u64 = 500;
+
 impl Profile {
     pub fn name(self) -> &'static str {
         match self {
