@@ -6,9 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use rig_contract::cmdline::Profile;
-
 use anyhow::{bail, Result};
+use rig_contract::cmdline::Profile;
 
 use super::ctl::{read_ctl, write_ctl, Cmd, PfCtl};
 use super::sequence::sequence;
@@ -79,9 +78,9 @@ pub fn global_ma_prefill_concurrent(ctx: &Ctx<'_>) -> Result<Outcome> {
             })
             .collect();
         // Prefill and release while they run, from the home CPU.
-        let result = (|| -> Result<(OwnedFd, Vec<Duration>)> {
+        let result = (|| -> Result<(OwnedFd, Vec<Duration>, Duration)> {
             let _pin = affinity::pin(home)?;
-            poll(
+            let (_, _, warmup) = poll(
                 HAMMER_START_TIMEOUT,
                 Duration::from_millis(1),
                 || Ok(started.load(Ordering::Relaxed)),
@@ -96,7 +95,7 @@ pub fn global_ma_prefill_concurrent(ctx: &Ctx<'_>) -> Result<Outcome> {
             let (fd, t) = prefill_timed(OBJ_SIZE, N)?;
             times.push(t);
             thread::sleep(hold);
-            Ok((fd, times))
+            Ok((fd, times, warmup))
         })();
         stop.store(true, Ordering::Relaxed);
         let hammered: Vec<Result<Hammered>> = workers
@@ -108,7 +107,13 @@ pub fn global_ma_prefill_concurrent(ctx: &Ctx<'_>) -> Result<Outcome> {
             .collect();
         (hammered, result)
     });
-    let (fd, times) = result?;
+    let (fd, times, warmup) = result?;
+    ctx.diag(format!(
+        "{} hammering threads running {:.1} ms after their start; {cycles} cycles, \
+         {hold:?} after the last prefill",
+        others.len(),
+        warmup.as_secs_f64() * 1e3
+    ));
     for h in hammered {
         let h = h?;
         ctx.diag(format!(
