@@ -179,7 +179,9 @@ pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, live: Live) -> Res
                 shown_lines = show_results(&ktap.text, shown_lines);
             }
             if live == Live::FirstFailure && !first_failure_shown {
-                if let Some(lines) = first_failure(&report) {
+                // Whole lines only: a result line cut mid-name is no result.
+                let whole = &ktap.text[..ktap.text.rfind('\n').map_or(0, |i| i + 1)];
+                if let Some(lines) = first_failure(&ktap::parse(whole)) {
                     eprintln!("{}", lines.join("\n"));
                     first_failure_shown = true;
                 }

@@ -194,10 +194,6 @@ impl Report {
         c
     }
 
-    /// The VM died or hung mid-test: the running test (see
-    /// [`Report::running`]) becomes `CRASHED` with `reason` as its last
-    /// diagnostic, and is no longer running. With no running test the reason
-    /// is kept as a problem.
     /// A fail-fast stop (`rig.failfast`): the last reported test failed and
     /// every planned test after it is NOT_RUN. The top-level plan's shortfall
     /// is then what was asked for, not a broken stream, so that problem is
@@ -214,6 +210,10 @@ impl Report {
         stopped
     }
 
+    /// The VM died or hung mid-test: the running test (see
+    /// [`Report::running`]) becomes `CRASHED` with `reason` as its last
+    /// diagnostic, and is no longer running. With no running test the reason
+    /// is kept as a problem.
     pub fn mark_running_crashed(&mut self, reason: &str) {
         match self.tests.iter_mut().rev().find(|t| is_running(t)) {
             Some(t) => {
