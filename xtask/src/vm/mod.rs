@@ -179,9 +179,7 @@ pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, live: Live) -> Res
                 shown_lines = show_results(&ktap.text, shown_lines);
             }
             if live == Live::FirstFailure && !first_failure_shown {
-                // Whole lines only: a result line cut mid-name is no result.
-                let whole = &ktap.text[..ktap.text.rfind('\n').map_or(0, |i| i + 1)];
-                if let Some(lines) = first_failure(&ktap::parse(whole)) {
+                if let Some(lines) = first_failure(&ktap::parse(whole_lines(&ktap.text))) {
                     eprintln!("{}", lines.join("\n"));
                     first_failure_shown = true;
                 }
@@ -279,6 +277,11 @@ fn show_results(text: &str, shown: usize) -> usize {
     complete.len()
 }
 
+/// The text up to its last newline: a result line cut mid-name is no result.
+fn whole_lines(text: &str) -> &str {
+    &text[..text.rfind('\n').map_or(0, |i| i + 1)]
+}
+
 /// The first test that reported a failure (or was cut off by the next
 /// test), as the lines to print: its name, then its diagnostics.
 fn first_failure(report: &ktap::Report) -> Option<Vec<String>> {
@@ -329,6 +332,8 @@ mod tests {
                 "[boot]     # why 2"
             ]
         );
+        assert_eq!(whole_lines("ok 1 a\nnot ok 2 glo"), "ok 1 a\n");
+        assert_eq!(whole_lines("not ok"), "");
         let passed = "KTAP version 1\n1..1\n# start: a\nok 1 a\n";
         assert_eq!(first_failure(&ktap::parse(passed)), None);
     }
