@@ -3,12 +3,15 @@
 
 use std::fs;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use rig_contract::cmdline::{self, Suite};
+use rig_contract::cmdline::{self, Profile, Suite};
 
 /// Where the host installs the compiled BPF objects in the guest.
 pub const DEFAULT_BPF_DIR: &str = "/lib/bpf-selftests";
+/// The longest a fixed-duration stress test runs in the quick profile.
+pub const QUICK_STRESS: Duration = Duration::from_millis(cmdline::QUICK_STRESS_MS);
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -37,11 +40,14 @@ pub struct Config {
     /// `rig.suite=kernel`: run the kernel's own BPF selftests that the host
     /// installed (see kernel_suites/mod.rs) instead of ours.
     pub kernel_suites: bool,
+    /// `rig.profile=quick|full`: the stress tests' durations; full without
+    /// the word, so that an older host or a bare boot gets full strength.
+    pub profile: Profile,
 }
 
 pub const USAGE: &str =
     "usage: bpf-selftests [--ktap PATH] [--bpf-dir DIR] [--filter SUBSTR] [--fail-fast] [--list] [--libbpf-debug]
-Reads rig.cpus=N, rig.filter=SUBSTR, rig.failfast, rig.suite=kernel|selftests and rig.bench=NAME (with rig.bench.<param>=VALUE)
+Reads rig.cpus=N, rig.filter=SUBSTR, rig.failfast, rig.suite=kernel|selftests, rig.profile=quick|full and rig.bench=NAME (with rig.bench.<param>=VALUE)
 from /proc/cmdline; --filter overrides rig.filter.";
 
 impl Config {
@@ -66,6 +72,7 @@ impl Config {
             bench: words.bench,
             bench_params: words.bench_params,
             kernel_suites: words.suite == Some(Suite::Kernel),
+            profile: words.profile.unwrap_or(Profile::Full),
             ..Config::default()
         })
     }
@@ -92,6 +99,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// How long a stress test whose full duration is `full` runs.
+    pub fn stress_duration(&self, full: Duration) -> Duration {
+        match self.profile {
+            Profile::Full => full,
+            Profile::Quick => full.min(QUICK_STRESS),
+        }
     }
 
     pub fn selects(&self, name: &str) -> bool {
@@ -129,6 +144,26 @@ mod tests {
         assert_eq!(c.cpus, None);
         assert!(c.selects("anything"));
         assert!(Config::from_cmdline("rig.cpus=four").is_err());
+    }
+
+    #[test]
+    fn profile_defaults_to_full() {
+        let full = Duration::from_secs(3);
+        let c = Config::from_cmdline("console=ttyS0").unwrap();
+        assert_eq!(c.profile, Profile::Full);
+        assert_eq!(c.stress_duration(full), full);
+        let c = Config::from_cmdline("rig.profile=quick").unwrap();
+        assert_eq!(c.profile, Profile::Quick);
+        assert_eq!(c.stress_duration(full), QUICK_STRESS);
+        assert_eq!(
+            c.stress_duration(Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            Config::from_cmdline("rig.profile=full").unwrap().profile,
+            Profile::Full
+        );
+        assert!(Config::from_cmdline("rig.profile=bogus").is_err());
     }
 
     #[test]

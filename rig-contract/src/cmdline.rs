@@ -23,6 +23,30 @@ impl Suite {
     }
 }
 
+/// How hard the fixed-duration stress tests run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Short stress durations, every check kept: the desk's default.
+    Quick,
+    /// The full durations: what judges the series' strength, and what the
+    /// guest runs without a `rig.profile=` word.
+    #[default]
+    Full,
+}
+
+/// The longest a fixed-duration stress test runs in [`Profile::Quick`]
+/// (the guest runs it, the host says it).
+pub const QUICK_STRESS_MS: u64 = 500;
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Quick => "quick",
+            Profile::Full => "full",
+        }
+    }
+}
+
 /// One `rig.*` word.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Word {
@@ -34,6 +58,8 @@ pub enum Word {
     FailFast,
     /// `rig.suite=kernel|selftests`.
     Suite(Suite),
+    /// `rig.profile=quick|full`: the stress tests' durations.
+    Profile(Profile),
     /// `rig.fault=NAME`: run only the test-only fault NAME.
     Fault(String),
     /// `rig.bench=NAME`: run the benchmark NAME instead of the selftests.
@@ -55,6 +81,7 @@ impl fmt::Display for Word {
             Word::Filter(s) => write!(f, "rig.filter={s}"),
             Word::FailFast => f.write_str("rig.failfast"),
             Word::Suite(s) => write!(f, "rig.suite={}", s.name()),
+            Word::Profile(p) => write!(f, "rig.profile={}", p.name()),
             Word::Fault(s) => write!(f, "rig.fault={s}"),
             Word::Bench(s) => write!(f, "rig.bench={s}"),
             Word::BenchParam(k, v) => write!(f, "rig.bench.{k}={v}"),
@@ -79,6 +106,8 @@ pub struct Words {
     pub fail_fast: bool,
     /// None without a `rig.suite=` word.
     pub suite: Option<Suite>,
+    /// None without a `rig.profile=` word (the runner then runs full).
+    pub profile: Option<Profile>,
     pub fault: Option<String>,
     pub bench: Option<String>,
     /// In command line order.
@@ -90,7 +119,7 @@ pub struct Words {
 ///
 /// Accepted format: whitespace-separated words; `rig.cpus=<decimal>`,
 /// `rig.filter=S`, `rig.failfast`, `rig.suite=kernel|selftests`,
-/// `rig.fault=NAME`, `rig.bench=NAME`, `rig.bench.<param>=VALUE`. An empty
+/// `rig.profile=quick|full`, `rig.fault=NAME`, `rig.bench=NAME`, `rig.bench.<param>=VALUE`. An empty
 /// filter, fault or bench value is the same as none; a later word wins.
 pub fn parse(cmdline: &str) -> Result<Words, Error> {
     let mut w = Words::default();
@@ -111,6 +140,16 @@ pub fn parse(cmdline: &str) -> Result<Words, Error> {
                 _ => {
                     return Err(Error::new(format!(
                         "bad rig.suite={v:?} on the kernel command line (want kernel or selftests)"
+                    )))
+                }
+            });
+        } else if let Some(v) = word.strip_prefix("rig.profile=") {
+            w.profile = Some(match v {
+                "quick" => Profile::Quick,
+                "full" => Profile::Full,
+                _ => {
+                    return Err(Error::new(format!(
+                        "bad rig.profile={v:?} on the kernel command line (want quick or full)"
                     )))
                 }
             });
@@ -143,6 +182,7 @@ mod tests {
             Word::Filter("hash".into()),
             Word::FailFast,
             Word::Suite(Suite::Kernel),
+            Word::Profile(Profile::Quick),
             Word::Fault("fault_hang".into()),
             Word::Bench("alloc".into()),
             Word::BenchParam("sizes".into(), "32,256".into()),
@@ -151,7 +191,8 @@ mod tests {
         let line = written.iter().map(Word::word).collect::<Vec<_>>().join(" ");
         assert_eq!(
             line,
-            "rig.cpus=4 rig.filter=hash rig.failfast rig.suite=kernel rig.fault=fault_hang \
+            "rig.cpus=4 rig.filter=hash rig.failfast rig.suite=kernel rig.profile=quick \
+             rig.fault=fault_hang \
              rig.bench=alloc rig.bench.sizes=32,256 rig.bench.reps=5"
         );
         let w = parse(&format!("console=ttyS0 panic=-1 {line}\n")).unwrap();
@@ -162,6 +203,7 @@ mod tests {
                 filter: Some("hash".into()),
                 fail_fast: true,
                 suite: Some(Suite::Kernel),
+                profile: Some(Profile::Quick),
                 fault: Some("fault_hang".into()),
                 bench: Some("alloc".into()),
                 bench_params: vec![
@@ -172,6 +214,8 @@ mod tests {
         );
         let w = parse(&Word::Suite(Suite::Selftests).word()).unwrap();
         assert_eq!(w.suite, Some(Suite::Selftests));
+        let w = parse(&Word::Profile(Profile::Full).word()).unwrap();
+        assert_eq!(w.profile, Some(Profile::Full));
     }
 
     /// The probe is answered by the init script, not by Rust: check that
@@ -197,6 +241,8 @@ mod tests {
         );
         assert!(std::error::Error::source(&e).is_some());
         assert!(parse("rig.suite=bogus").is_err());
+        assert!(parse("rig.profile=slow").is_err());
+        assert_eq!(parse("rig.failfast").unwrap().profile, None);
         assert!(parse("rig.bench.reps").is_err());
         assert_eq!(
             parse("rig.bench= rig.filter= rig.fault=").unwrap(),

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rig_contract::cmdline::Profile;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -188,6 +189,14 @@ pub struct BootFlags {
     /// Extra words for the guest kernel command line (repeatable).
     #[arg(long = "append", value_name = "WORD")]
     pub append: Vec<String>,
+    /// The stress tests' durations: full for every command that judges the
+    /// series' strength; only `test` without --full runs quick.
+    #[arg(skip)]
+    pub profile: Profile,
+    /// `test --fail-fast`: the guest stops at the first failing test and the
+    /// host prints that failure as soon as it arrives.
+    #[arg(skip)]
+    pub fail_fast: bool,
 }
 
 impl BootFlags {
@@ -218,6 +227,29 @@ pub struct TestFlags {
     /// images/kernel-suites.plan; images/kernel-suites-full.plan runs all).
     #[arg(long, value_name = "FILE")]
     pub plan: Option<PathBuf>,
+    /// Run the stress tests for their full durations (the default at the
+    /// desk is a quick profile: 0.5 s each, every check kept).
+    #[arg(long)]
+    pub full: bool,
+    /// Stop at the first failing selftest and print it as soon as it is
+    /// known; the rest are reported as not run (the run fails).
+    #[arg(long, conflicts_with = "accept")]
+    pub fail_fast: bool,
+}
+
+impl TestFlags {
+    /// The boot flags with the profile and fail-fast this command asked for.
+    pub fn boot_flags(&self) -> BootFlags {
+        BootFlags {
+            profile: if self.full {
+                Profile::Full
+            } else {
+                Profile::Quick
+            },
+            fail_fast: self.fail_fast,
+            ..self.boot.clone()
+        }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,4 +257,64 @@ pub enum Accel {
     Auto,
     Kvm,
     Tcg,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cmd {
+        let mut argv = vec!["cargo xtask"];
+        argv.extend(args);
+        Xtask::try_parse_from(argv).expect("parses").cmd
+    }
+
+    fn test_boot(args: &[&str]) -> BootFlags {
+        let mut argv = vec!["test"];
+        argv.extend(args);
+        match parse(&argv) {
+            Cmd::Test(t) => t.boot_flags(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_runs_quick_unless_full() {
+        let b = test_boot(&[]);
+        assert_eq!((b.profile, b.fail_fast), (Profile::Quick, false));
+        assert_eq!(test_boot(&["--full"]).profile, Profile::Full);
+        let b = test_boot(&["--fail-fast"]);
+        assert_eq!((b.profile, b.fail_fast), (Profile::Quick, true));
+        let b = test_boot(&["--full", "--fail-fast"]);
+        assert_eq!((b.profile, b.fail_fast), (Profile::Full, true));
+    }
+
+    #[test]
+    fn fail_fast_does_not_accept_a_snapshot() {
+        let argv = ["cargo xtask", "test", "--fail-fast", "--accept"];
+        assert!(Xtask::try_parse_from(argv).is_err());
+    }
+
+    /// What judges the series' strength runs the full durations.
+    #[test]
+    fn the_series_judges_run_full() {
+        let boot = |cmd: Cmd| match cmd {
+            Cmd::Mutants(m) => m.boot,
+            Cmd::CheckSeries(c) => c.boot_flags,
+            Cmd::Bisect(b) => b.boot,
+            Cmd::BisectStep(b) | Cmd::Boot(b) => b,
+            other => panic!("{other:?}"),
+        };
+        for argv in [
+            &["mutants"][..],
+            &["check-series", "--boot"],
+            &["bisect"],
+            &["bisect-step"],
+            &["boot"],
+        ] {
+            let b = boot(parse(argv));
+            assert_eq!((b.profile, b.fail_fast), (Profile::Full, false), "{argv:?}");
+        }
+        assert!(Xtask::try_parse_from(["cargo xtask", "mutants", "--full"]).is_err());
+    }
 }

@@ -107,7 +107,12 @@ pub(super) fn run(
         let stop = Arc::new(AtomicBool::new(false));
         let start = Instant::now();
         let watcher = boottime::watch(s.console_log.clone(), start, Arc::clone(&stop));
-        let out = vm::run(&s, &lim, &run_dir.join(format!("{name}.qemu.stderr")), true);
+        let out = vm::run(
+            &s,
+            &lim,
+            &run_dir.join(format!("{name}.qemu.stderr")),
+            vm::Live::Quiet,
+        );
         stop.store(true, Ordering::SeqCst);
         let seen = watcher
             .join()

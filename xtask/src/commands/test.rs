@@ -11,11 +11,12 @@ use crate::pipeline::Pipeline;
 use crate::stages::image::Image;
 use crate::stages::kbuild::Kernel;
 use crate::sys::progress::{self, fmt_secs};
-use crate::vm::{Ending, Limits, VmSpec};
+use crate::vm::{Ending, Limits, Live, VmSpec};
 use crate::{
     judge::console, judge::ktap, report::junit, report::print, report::results, report::snapshot,
     stages::kconfig, vm::accel,
 };
+use rig_contract::cmdline::{Profile, Word, QUICK_STRESS_MS};
 
 pub fn stage_tree(c: Common) -> Result<i32> {
     let t = Pipeline::new(c)?.tree()?;
@@ -53,6 +54,9 @@ pub fn stage_boot(f: BootFlags) -> Result<i32> {
 
 pub fn run(f: TestFlags) -> Result<i32> {
     if f.boot.common.suite == crate::flags::Suite::Kernel {
+        if f.fail_fast {
+            anyhow::bail!("--fail-fast stops the selftests at their first failure; the kernel suites have no such mode");
+        }
         if f.accept {
             anyhow::bail!("--accept updates the selftests' snapshot; the kernel suites are judged by patches/<series>/kernel-suites.denylist instead");
         }
@@ -69,7 +73,7 @@ pub fn run(f: TestFlags) -> Result<i32> {
     } else {
         SnapshotMode::Compare
     };
-    run_all(f.boot, snapshot)
+    run_all(f.boot_flags(), snapshot)
 }
 
 fn run_all(f: BootFlags, snapshot: SnapshotMode) -> Result<i32> {
@@ -189,7 +193,12 @@ pub fn boot(
         accel.name(),
         run_dir.display()
     );
-    let out = crate::vm::run(&spec, &limits, &run_dir.join("qemu.stderr"), false)
+    let live = if f.fail_fast {
+        Live::FirstFailure
+    } else {
+        Live::Results
+    };
+    let out = crate::vm::run(&spec, &limits, &run_dir.join("qemu.stderr"), live)
         .context("running the guest")?;
     eprintln!(
         "[boot] {} after {} (first KTAP line at {})",
@@ -218,6 +227,8 @@ pub fn boot(
         cpus: f.cpus,
         memory: f.memory(),
         accel: accel.name(),
+        profile: None,
+        fail_fast: false,
         ending: out.ending.describe(&limits),
         wall_s: started.elapsed().as_secs_f64(),
         boot_to_first_ktap_s: out.first_ktap.map(|d| d.as_secs_f64()),
@@ -235,6 +246,17 @@ pub fn boot(
         run_dir,
         accel,
     })
+}
+
+/// Which profile ran, said once before the boot.
+pub fn profile_line(profile: Profile) -> String {
+    match profile {
+        Profile::Quick => format!(
+            "[boot] profile: quick (stress tests {} s; --full for the full durations)",
+            QUICK_STRESS_MS as f64 / 1000.0
+        ),
+        Profile::Full => "[boot] profile: full (stress tests at their full durations)".into(),
+    }
 }
 
 /// The pipeline's artefacts a boot needs.
@@ -255,20 +277,38 @@ pub fn boot_and_judge(
     started: Instant,
 ) -> Result<Summary> {
     let series = p.series_name();
-    let b = boot(
+    eprintln!("{}", profile_line(f.profile));
+    let mut words = vec![Word::Profile(f.profile).word()];
+    if f.fail_fast {
+        words.push(Word::FailFast.word());
+    }
+    let mut b = boot(
         p,
         f,
         built.config,
         built.kernel,
         &BootRequest {
             initrd: &built.image.initramfs,
-            cmdline: &[],
+            cmdline: &words,
             label: &series,
         },
         started,
     )?;
+    b.info.profile = Some(f.profile.name().to_string());
+    b.info.fail_fast = f.fail_fast;
+    let not_run = b.report.counts().not_run;
+    let stopped_early = f.fail_fast && b.report.accept_fail_fast_stop();
     let check = match snapshot {
         SnapshotMode::Off => SnapshotCheck::NotCompared,
+        // Like mutants' fail-fast boots: the tests never run say nothing
+        // about the snapshot, and the failure that stopped the run fails it.
+        _ if stopped_early => {
+            eprintln!(
+                "[report] --fail-fast stopped the run at its first failure ({not_run} test(s) \
+                 not run): snapshot not compared"
+            );
+            SnapshotCheck::NotCompared
+        }
         _ if f.filter.is_some() || !f.append.is_empty() => {
             eprintln!("[report] --filter or --append given: snapshot not compared");
             SnapshotCheck::NotCompared
@@ -359,4 +399,21 @@ pub fn boot_and_judge(
         run_dir: b.run_dir,
         accel: b.accel.name(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_profile_is_said() {
+        assert_eq!(
+            profile_line(Profile::Quick),
+            "[boot] profile: quick (stress tests 0.5 s; --full for the full durations)"
+        );
+        assert_eq!(
+            profile_line(Profile::Full),
+            "[boot] profile: full (stress tests at their full durations)"
+        );
+    }
 }

@@ -227,6 +227,39 @@ mod tests {
         judge(&outcome, &report, &console::scan(&console))
     }
 
+    /// `test --fail-fast` (and mutants): the guest stopped after its first
+    /// failure and shut down cleanly; the rest are not run, and the snapshot
+    /// was not compared. That is a failure of the results, never a PASS.
+    #[test]
+    fn a_fail_fast_run_that_stopped_early_fails() {
+        let ktap = "KTAP version 1\n1..3\n# start: a\nok 1 a\n# start: b\n# why\nnot ok 2 b\n";
+        let mut report = ktap::parse(ktap);
+        assert_eq!(report.problems, ["planned 3 tests, got 2"]);
+        assert!(report.accept_fail_fast_stop());
+        let outcome = Outcome {
+            ending: &CLEAN,
+            limits: &LIMITS,
+            qemu_stderr: "",
+            panic: None,
+            snapshot: SnapshotCheck::NotCompared,
+            series: "global-ma",
+        };
+        let v = judge(&outcome, &report, &[]);
+        assert!(!v.passed && !v.passed_but_skips, "{v:?}");
+        assert_eq!(
+            v.line,
+            "FAIL (results): 1 passed, 1 failed, 0 skipped, 0 crashed, 1 not run"
+        );
+        assert!(v.problems.is_empty(), "{v:?}");
+        // Not a fail-fast stop: the last reported test passed, or nothing
+        // is missing.
+        let mut cut = ktap::parse("KTAP version 1\n1..2\n# start: a\nok 1 a\n");
+        assert!(!cut.accept_fail_fast_stop());
+        assert_eq!(cut.problems, ["planned 2 tests, got 1"]);
+        let mut whole = ktap::parse("KTAP version 1\n1..1\n# start: a\nnot ok 1 a\n");
+        assert!(!whole.accept_fail_fast_stop());
+    }
+
     #[test]
     fn all_passed_on_a_clean_console_passes() {
         let v = judged_with(

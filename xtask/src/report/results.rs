@@ -18,6 +18,12 @@ pub struct RunInfo {
     pub cpus: u32,
     pub memory: String,
     pub accel: String,
+    /// `quick` or `full`: the stress tests' durations (selftests runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// `test --fail-fast`: the guest stopped at the first failing test.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fail_fast: bool,
     pub ending: String,
     pub wall_s: f64,
     pub boot_to_first_ktap_s: Option<f64>,
@@ -133,6 +139,8 @@ impl RunInfo {
             cpus: 4,
             memory: "1G".into(),
             accel: "tcg".into(),
+            profile: Some("full".into()),
+            fail_fast: false,
             ending: crate::vm::CLEAN_SHUTDOWN.into(),
             wall_s: 80.0,
             boot_to_first_ktap_s: Some(3.1),
@@ -174,6 +182,11 @@ mod tests {
         let text = std::fs::read_to_string(dir.join("results.yaml")).unwrap();
         assert!(
             text.contains("  boot_to_first_ktap_s: 3.1\n  stages_s:\n    build: 69.0\n"),
+            "{text}"
+        );
+        // The profile is said; fail_fast only when it was asked for.
+        assert!(
+            text.contains("  accel: tcg\n  profile: full\n  ending: "),
             "{text}"
         );
         let run = read_run_summary(&dir.join("results.yaml")).unwrap();

@@ -136,7 +136,7 @@ fn probe(ctx: &Ctx, kernel: &Path, initrd: &Path) -> Result<Accel> {
 /// A probe boot, stopped as soon as init reports (the probe kernel has no
 /// KTAP, so the boot limit is not used as a failure signal here).
 fn probe_once(spec: &VmSpec, limits: &Limits, stderr: &Path) -> Result<Option<vm::Outcome>> {
-    let out = vm::run(spec, limits, stderr, true)?;
+    let out = vm::run(spec, limits, stderr, vm::Live::Quiet)?;
     if let vm::Ending::Interrupted { signal } = &out.ending {
         bail!("interrupted by {signal} while probing KVM");
     }

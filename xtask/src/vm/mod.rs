@@ -16,6 +16,18 @@ use crate::sys::pgroup::{own_group, Group};
 use crate::{judge::ktap, sys::signals};
 pub use qemu::{Accel, VmSpec};
 
+/// What the host shows while the guest runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Live {
+    /// Nothing (probes, benchmarks).
+    Quiet,
+    /// Each KTAP result line.
+    Results,
+    /// Each result line, and the first failure's diagnostics as soon as its
+    /// result arrives (`test --fail-fast`).
+    FirstFailure,
+}
+
 pub struct Limits {
     pub boot: Duration,
     pub test: Duration,
@@ -119,7 +131,8 @@ impl Tail {
     }
 }
 
-pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, quiet: bool) -> Result<Outcome> {
+pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, live: Live) -> Result<Outcome> {
+    let quiet = live == Live::Quiet;
     crate::context::require_tool("qemu-system-x86_64", "qemu-system-x86")?;
     for p in [&spec.console_log, &spec.ktap_log] {
         File::create(p).with_context(|| format!("creating {}", p.display()))?;
@@ -148,6 +161,7 @@ pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, quiet: bool) -> Re
     let mut panic_seen: Option<Instant> = None;
     let mut shown_lines = 0usize;
     let mut nmis_injected = 0usize;
+    let mut first_failure_shown = false;
     let ending = loop {
         let got_console = console.poll();
         let got_ktap = ktap.poll();
@@ -163,6 +177,12 @@ pub fn run(spec: &VmSpec, limits: &Limits, stderr_log: &Path, quiet: bool) -> Re
             }
             if !quiet {
                 shown_lines = show_results(&ktap.text, shown_lines);
+            }
+            if live == Live::FirstFailure && !first_failure_shown {
+                if let Some(lines) = first_failure(&ktap::parse(whole_lines(&ktap.text))) {
+                    eprintln!("{}", lines.join("\n"));
+                    first_failure_shown = true;
+                }
             }
             if let Some(sock) = &spec.qmp {
                 while nmis_injected < qmp::nmi_requests(&ktap.text) {
@@ -257,6 +277,29 @@ fn show_results(text: &str, shown: usize) -> usize {
     complete.len()
 }
 
+/// The text up to its last newline: a result line cut mid-name is no result.
+fn whole_lines(text: &str) -> &str {
+    &text[..text.rfind('\n').map_or(0, |i| i + 1)]
+}
+
+/// The first test that reported a failure (or was cut off by the next
+/// test), as the lines to print: its name, then its diagnostics.
+fn first_failure(report: &ktap::Report) -> Option<Vec<String>> {
+    let running = report.running();
+    let t = report.tests.iter().find(|t| match t.status {
+        ktap::Status::Failed => true,
+        ktap::Status::Crashed => running != Some(t.name.as_str()),
+        _ => false,
+    })?;
+    let mut lines = vec![format!(
+        "[boot] first failure: {} {}",
+        t.name,
+        t.status.name()
+    )];
+    lines.extend(t.diagnostics.iter().map(|d| format!("[boot]     # {d}")));
+    Some(lines)
+}
+
 /// Kills QEMU's process group when the run ends, however it ends.
 struct Guard<'a> {
     handle: &'a duct::Handle,
@@ -269,5 +312,29 @@ impl Drop for Guard<'_> {
         self.group.terminate(Duration::from_secs(1), &|| {
             matches!(handle.try_wait(), Ok(Some(_)))
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_failure_once_its_result_is_in() {
+        let running = "KTAP version 1\n1..3\n# start: a\nok 1 a\n# start: b\n# why 1\n";
+        assert_eq!(first_failure(&ktap::parse(running)), None);
+        let failed = format!("{running}# why 2\nnot ok 2 b\n");
+        assert_eq!(
+            first_failure(&ktap::parse(&failed)).unwrap(),
+            [
+                "[boot] first failure: b FAILED",
+                "[boot]     # why 1",
+                "[boot]     # why 2"
+            ]
+        );
+        assert_eq!(whole_lines("ok 1 a\nnot ok 2 glo"), "ok 1 a\n");
+        assert_eq!(whole_lines("not ok"), "");
+        let passed = "KTAP version 1\n1..1\n# start: a\nok 1 a\n";
+        assert_eq!(first_failure(&ktap::parse(passed)), None);
     }
 }

@@ -26,7 +26,8 @@ use crate::tests::pinned;
 
 const OBJECT: &str = "global_ma_stress";
 const PROGRAM: &str = "gma_stress";
-/// How long every CPU hammers the map.
+/// How long every CPU hammers the map (full profile; see
+/// Config::stress_duration).
 const DURATION: Duration = Duration::from_millis(2500);
 
 /// `struct gma_cpu_counts`, the value of the `cpu_counts` array (by CPU).
@@ -86,9 +87,9 @@ struct Ran {
 }
 
 /// One thread per CPU, pinned, registered in `threads` (with the next
-/// online CPU as its peer), all calling getpgid() until DURATION has
+/// online CPU as its peer), all calling getpgid() until `duration` has
 /// passed. Returns what every thread did.
-fn hammer(cpus: &[usize], threads: &Map<'_>) -> Result<Vec<Ran>> {
+fn hammer(cpus: &[usize], threads: &Map<'_>, duration: Duration) -> Result<Vec<Ran>> {
     let slot = |cpu: usize| {
         let i = cpus.iter().position(|&c| c == cpu).unwrap_or(0);
         ThreadSlot {
@@ -101,7 +102,7 @@ fn hammer(cpus: &[usize], threads: &Map<'_>) -> Result<Vec<Ran>> {
         cpus,
         threads,
         slot,
-        || Instant::now() + DURATION,
+        || Instant::now() + duration,
         |cpu, deadline| {
             let mut calls = 0u64;
             let first = Instant::now();
@@ -137,6 +138,7 @@ pub fn global_ma_concurrent(ctx: &Ctx<'_>) -> Result<Outcome> {
     if let Some(&c) = cpus.iter().find(|&&c| c >= MAX_CPUS) {
         bail!("CPU {c} is beyond RIG_MAX_CPUS ({MAX_CPUS})");
     }
+    let duration = ctx.cfg.stress_duration(DURATION);
     let mut checks = Checks::new();
     let start = quiet_stats(&mut checks)?;
 
@@ -150,7 +152,7 @@ pub fn global_ma_concurrent(ctx: &Ctx<'_>) -> Result<Outcome> {
     let f0 = prog_counts(&obj, PROGRAM)?;
 
     let s0 = read_stats(&mut checks)?;
-    let ran = hammer(&cpus, &bpf::map(&obj, "threads")?)?;
+    let ran = hammer(&cpus, &bpf::map(&obj, "threads")?, duration)?;
     let s1 = read_stats(&mut checks)?;
 
     // The census, from the unregistered main thread.
@@ -337,7 +339,7 @@ pub fn global_ma_concurrent(ctx: &Ctx<'_>) -> Result<Outcome> {
         st.census_elems,
     );
     ctx.diag(format!(
-        "{} CPUs for {DURATION:?}: {calls_total} calls; allocator {total}; in_use {:+}; \
+        "{} CPUs for {duration:?}: {calls_total} calls; allocator {total}; in_use {:+}; \
          program: allocs {} NULLs {} kfunc releases {} (peer takes {}) map frees {dtor_frees} \
          (deletes {} overwrites {}) nomem {}",
         ran.len(),

@@ -194,6 +194,22 @@ impl Report {
         c
     }
 
+    /// A fail-fast stop (`rig.failfast`): the last reported test failed and
+    /// every planned test after it is NOT_RUN. The top-level plan's shortfall
+    /// is then what was asked for, not a broken stream, so that problem is
+    /// dropped (the NOT_RUN tests still fail the run). True for such a stop.
+    pub fn accept_fail_fast_stop(&mut self) -> bool {
+        let Some(last) = self.tests.iter().rposition(|t| t.status != Status::NotRun) else {
+            return false;
+        };
+        let stopped = self.tests[last].status == Status::Failed && last + 1 < self.tests.len();
+        if stopped {
+            let shortfall = format!("planned {} tests, got {}", self.tests.len(), last + 1);
+            self.problems.retain(|p| *p != shortfall);
+        }
+        stopped
+    }
+
     /// The VM died or hung mid-test: the running test (see
     /// [`Report::running`]) becomes `CRASHED` with `reason` as its last
     /// diagnostic, and is no longer running. With no running test the reason

@@ -84,6 +84,7 @@ fn stress_threads(cpus: &[usize], duration: Duration) -> Result<StressRun> {
 
 pub fn global_ma_nmi_stress(ctx: &Ctx<'_>) -> Result<Outcome> {
     const DURATION: Duration = Duration::from_secs(3);
+    let duration = ctx.cfg.stress_duration(DURATION);
     const BASE: u32 = 256;
     let cpus = match preflight(ctx)? {
         Ok(c) => c,
@@ -102,7 +103,7 @@ pub fn global_ma_nmi_stress(ctx: &Ctx<'_>) -> Result<Outcome> {
 
     let s0 = snap(&mut checks)?;
     let h0 = nmi::read()?;
-    let run = stress_threads(&cpus, DURATION)?;
+    let run = stress_threads(&cpus, duration)?;
     l.set(|c| {
         c.op = OP_NONE;
         c.normal_op = OP_NONE;
@@ -173,7 +174,7 @@ pub fn global_ma_nmi_stress(ctx: &Ctx<'_>) -> Result<Outcome> {
         "{:.1} s: {nmis} NMIs ({:.0}/s), {nmi_allocs} allocations in NMI ({:.0}/s), \
          {nmi_fails} failed; {calls} normal alloc+free calls; {} reservations made and \
          dropped; {busy} allocations/frees found the free list busy",
-        DURATION.as_secs_f64(),
+        duration.as_secs_f64(),
         per_sec(nmis, run.nmi_time),
         per_sec(nmi_allocs, run.nmi_time),
         run.prefills

@@ -2,11 +2,12 @@
 //! every other CPU allocates and frees.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use rig_contract::cmdline::Profile;
 
 use super::ctl::{read_ctl, write_ctl, Cmd, PfCtl};
 use super::sequence::sequence;
@@ -16,10 +17,23 @@ use super::{
     OBJ_SIZE,
 };
 use crate::check::Checks;
+use crate::poll::poll;
 use crate::runner::{Ctx, Outcome};
 use crate::sys::affinity;
 use crate::sys::cpu;
 use crate::tests::global_ma::{finish, trigger};
+
+/// Prefill+release cycles during the hammering, and how long the hammering
+/// goes on around the last reservation, per profile.
+fn race(profile: Profile) -> (usize, Duration) {
+    match profile {
+        Profile::Full => (20, Duration::from_millis(200)),
+        Profile::Quick => (5, Duration::from_millis(50)),
+    }
+}
+
+/// Longest wait for every hammering thread to have run its program once.
+const HAMMER_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a hammering thread did.
 struct Hammered {
@@ -43,55 +57,45 @@ pub fn global_ma_prefill_concurrent(ctx: &Ctx<'_>) -> Result<Outcome> {
         return Ok(Outcome::Skip("needs at least 2 online CPUs".into()));
     }
     let l = load(ctx)?;
-    const CYCLES: usize = 20;
+    let (cycles, hold) = race(ctx.cfg.profile);
 
     let stop = AtomicBool::new(false);
+    // Hammering threads that have run their program once (or given up).
+    let started = AtomicUsize::new(0);
     let obj = &l.obj;
     let (hammered, result) = thread::scope(|s| {
         let workers: Vec<_> = others
             .iter()
             .map(|&cpu| {
-                let stop = &stop;
+                let (stop, started) = (&stop, &started);
                 s.spawn(move || -> Result<Hammered> {
-                    cpu::pin_current_thread(cpu)?;
-                    write_ctl(
-                        obj,
-                        cpu,
-                        &PfCtl {
-                            cmd: Cmd::Hammer as u32,
-                            tgid: std::process::id(),
-                            n: HAMMER_MAX,
-                            ..PfCtl::default()
-                        },
-                    )?;
-                    while !stop.load(Ordering::Relaxed) {
-                        trigger()?;
+                    let r = hammer(obj, cpu, stop, started);
+                    if r.is_err() {
+                        started.fetch_add(1, Ordering::Relaxed);
                     }
-                    let c = read_ctl(obj, cpu)?;
-                    write_ctl(obj, cpu, &PfCtl::default())?;
-                    Ok(Hammered {
-                        cpu,
-                        runs: c.runs,
-                        done: c.done,
-                        fails: c.fails,
-                    })
+                    r
                 })
             })
             .collect();
         // Prefill and release while they run, from the home CPU.
-        let result = (|| -> Result<(OwnedFd, Vec<Duration>)> {
+        let result = (|| -> Result<(OwnedFd, Vec<Duration>, Duration)> {
             let _pin = affinity::pin(home)?;
-            thread::sleep(Duration::from_millis(200));
+            let (_, _, warmup) = poll(
+                HAMMER_START_TIMEOUT,
+                Duration::from_millis(1),
+                || Ok(started.load(Ordering::Relaxed)),
+                |&n| n >= others.len(),
+            )?;
             let mut times = Vec::new();
-            for _ in 0..CYCLES {
+            for _ in 0..cycles {
                 let (fd, t) = prefill_timed(OBJ_SIZE, N)?;
                 times.push(t);
                 drop(fd);
             }
             let (fd, t) = prefill_timed(OBJ_SIZE, N)?;
             times.push(t);
-            thread::sleep(Duration::from_millis(200));
-            Ok((fd, times))
+            thread::sleep(hold);
+            Ok((fd, times, warmup))
         })();
         stop.store(true, Ordering::Relaxed);
         let hammered: Vec<Result<Hammered>> = workers
@@ -103,7 +107,13 @@ pub fn global_ma_prefill_concurrent(ctx: &Ctx<'_>) -> Result<Outcome> {
             .collect();
         (hammered, result)
     });
-    let (fd, times) = result?;
+    let (fd, times, warmup) = result?;
+    ctx.diag(format!(
+        "{} hammering threads running {:.1} ms after their start; {cycles} cycles, \
+         {hold:?} after the last prefill",
+        others.len(),
+        warmup.as_secs_f64() * 1e3
+    ));
     for h in hammered {
         let h = h?;
         ctx.diag(format!(
@@ -162,4 +172,37 @@ pub fn global_ma_prefill_concurrent(ctx: &Ctx<'_>) -> Result<Outcome> {
     finish(&mut checks, (l.links, l.obj), &start)?;
     checks.finish()?;
     Ok(Outcome::Pass)
+}
+
+/// One hammering thread: pinned to `cpu`, running the program until `stop`.
+fn hammer(
+    obj: &libbpf_rs::Object,
+    cpu: usize,
+    stop: &AtomicBool,
+    started: &AtomicUsize,
+) -> Result<Hammered> {
+    cpu::pin_current_thread(cpu)?;
+    write_ctl(
+        obj,
+        cpu,
+        &PfCtl {
+            cmd: Cmd::Hammer as u32,
+            tgid: std::process::id(),
+            n: HAMMER_MAX,
+            ..PfCtl::default()
+        },
+    )?;
+    trigger()?;
+    started.fetch_add(1, Ordering::Relaxed);
+    while !stop.load(Ordering::Relaxed) {
+        trigger()?;
+    }
+    let c = read_ctl(obj, cpu)?;
+    write_ctl(obj, cpu, &PfCtl::default())?;
+    Ok(Hammered {
+        cpu,
+        runs: c.runs,
+        done: c.done,
+        fails: c.fails,
+    })
 }
