@@ -3,6 +3,7 @@
 //! bzImage) and image (the initramfs). Each takes the previous stage's
 //! artefact and skips itself when the content key of its inputs is unchanged.
 
+pub mod archive;
 pub mod cpio;
 pub mod hashing;
 pub mod image;

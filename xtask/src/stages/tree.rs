@@ -9,6 +9,7 @@ use serde::Deserialize;
 use xshell::{cmd, Shell};
 
 use crate::context::{require_tool, Ctx};
+use crate::stages::archive;
 use crate::stages::hashing::sha256_file;
 use crate::sys::progress::Stage;
 
@@ -109,56 +110,7 @@ fn user_tree(user: &Path) -> Result<Tree> {
 
 /// Downloads the pinned package and returns its tarball, checksum verified.
 fn fetch_tarball(ctx: &Ctx, sh: &Shell, lock: &KernelLock) -> Result<PathBuf> {
-    require_tool("apt-get", "apt")?;
-    require_tool("dpkg-deb", "dpkg")?;
-    let cache = ctx.dir("cache")?;
-    let tarball = cache.join(format!("{}_{}.tar.xz", lock.package, lock.version));
-    if !tarball.is_file() {
-        let deb = cache.join(format!("{}_{}_all.deb", lock.package, lock.version));
-        if !deb.is_file() {
-            let spec = format!("{}={}", lock.package, lock.version);
-            let _dir = sh.push_dir(&cache);
-            cmd!(sh, "apt-get download -q {spec}")
-                .quiet()
-                .run()
-                .with_context(|| {
-                    format!(
-                    "`apt-get download {spec}` failed: the version pinned in kernel.lock is not \
-                     in the package lists. Run `apt-get update`, then `apt-cache madison {}` to \
-                     see the versions on offer, and update kernel.lock if the pin moved",
-                    lock.package
-                )
-                })?;
-            let downloaded = std::fs::read_dir(&cache)?
-                .filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .find(|p| {
-                    p.file_name().is_some_and(|n| {
-                        let n = n.to_string_lossy();
-                        n.starts_with(&format!("{}_", lock.package)) && n.ends_with(".deb")
-                    })
-                })
-                .context("apt-get download succeeded but left no .deb in the cache")?;
-            if downloaded != deb {
-                std::fs::rename(&downloaded, &deb)
-                    .with_context(|| format!("renaming {}", downloaded.display()))?;
-            }
-        }
-        let partial = tarball.with_extension("partial");
-        let member = format!("./{}", lock.tarball);
-        let extract = format!(
-            "dpkg-deb --fsys-tarfile '{}' | tar -xO '{member}' > '{}'",
-            deb.display(),
-            partial.display()
-        );
-        cmd!(sh, "sh -c {extract}")
-            .quiet()
-            .run()
-            .with_context(|| format!("extracting {} from {}", lock.tarball, deb.display()))?;
-        std::fs::rename(&partial, &tarball)?;
-        // The tarball is all we keep: the .deb would double the cache.
-        let _ = std::fs::remove_file(&deb);
-    }
+    let tarball = cached_tarball(ctx, sh, lock)?;
     let got = sha256_file(&tarball)?;
     if got != lock.sha256 {
         bail!(
@@ -171,6 +123,98 @@ fn fetch_tarball(ctx: &Ctx, sh: &Shell, lock: &KernelLock) -> Result<PathBuf> {
         );
     }
     Ok(tarball)
+}
+
+/// What the tarball cache already holds for one version.
+#[derive(Debug, PartialEq, Eq)]
+enum Cached {
+    Tarball(PathBuf),
+    Deb { deb: PathBuf, tarball: PathBuf },
+    Nothing { deb: PathBuf, tarball: PathBuf },
+}
+
+fn cache_state(cache: &Path, package: &str, version: &str) -> Cached {
+    let tarball = cache.join(format!("{package}_{version}.tar.xz"));
+    let deb = cache.join(format!("{package}_{version}_all.deb"));
+    if tarball.is_file() {
+        Cached::Tarball(tarball)
+    } else if deb.is_file() {
+        Cached::Deb { deb, tarball }
+    } else {
+        Cached::Nothing { deb, tarball }
+    }
+}
+
+/// `lock`'s version of the package's tarball in the cache, downloaded with
+/// `apt-get download` only when neither it nor its .deb is there (so a
+/// fetched pin works offline); its sha256 is the caller's to check.
+pub fn cached_tarball(ctx: &Ctx, sh: &Shell, lock: &KernelLock) -> Result<PathBuf> {
+    let cache = ctx.dir("cache")?;
+    let (deb, tarball) = match cache_state(&cache, &lock.package, &lock.version) {
+        Cached::Tarball(tarball) => return Ok(tarball),
+        Cached::Deb { deb, tarball } => (deb, tarball),
+        Cached::Nothing { deb, tarball } => {
+            download(sh, &cache, lock, &deb)?;
+            (deb, tarball)
+        }
+    };
+    require_tool("dpkg-deb", "dpkg")?;
+    let partial = tarball.with_extension("partial");
+    let member = format!("./{}", lock.tarball);
+    let extract = format!(
+        "dpkg-deb --fsys-tarfile '{}' | tar -xO '{member}' > '{}'",
+        deb.display(),
+        partial.display()
+    );
+    cmd!(sh, "sh -c {extract}")
+        .quiet()
+        .run()
+        .with_context(|| format!("extracting {} from {}", lock.tarball, deb.display()))?;
+    std::fs::rename(&partial, &tarball)
+        .with_context(|| format!("renaming {}", partial.display()))?;
+    // The tarball is all we keep: the .deb would double the cache.
+    let _ = std::fs::remove_file(&deb);
+    Ok(tarball)
+}
+
+/// `apt-get download` of `lock`'s version into `cache`, left at `deb`; when
+/// apt does not offer that version, the error names the versions it does.
+fn download(sh: &Shell, cache: &Path, lock: &KernelLock, deb: &Path) -> Result<()> {
+    require_tool("apt-get", "apt")?;
+    let spec = format!("{}={}", lock.package, lock.version);
+    let _dir = sh.push_dir(cache);
+    if let Err(e) = cmd!(sh, "apt-get download -q {spec}").quiet().run() {
+        let available = archive::available_versions(&lock.package).unwrap_or_default();
+        if available.contains(&lock.version) {
+            return Err(e).with_context(|| {
+                format!(
+                    "`apt-get download {spec}` failed although `apt-cache madison {}` lists \
+                     it: is the mirror reachable?",
+                    lock.package
+                )
+            });
+        }
+        bail!(
+            "{}",
+            archive::unavailable_message(&lock.package, &lock.version, &available)
+        );
+    }
+    if deb.is_file() {
+        return Ok(());
+    }
+    // apt names the file after the version it fetched (an epoch is escaped).
+    let downloaded = std::fs::read_dir(cache)
+        .with_context(|| format!("listing {}", cache.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with(&format!("{}_", lock.package)) && n.ends_with(".deb")
+            })
+        })
+        .context("apt-get download succeeded but left no .deb in the cache")?;
+    std::fs::rename(&downloaded, deb).with_context(|| format!("renaming {}", downloaded.display()))
 }
 
 fn import(sh: &Shell, lock: &KernelLock, tarball: &Path, dest: &Path) -> Result<()> {
@@ -211,4 +255,42 @@ fn import(sh: &Shell, lock: &KernelLock, tarball: &Path, dest: &Path) -> Result<
     cmd!(sh, "git tag {BASELINE_TAG}").quiet().run()?;
     drop(_dir);
     std::fs::rename(&tmp, dest).with_context(|| format!("moving the tree to {}", dest.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fetched pin needs no apt: the cached tarball (or its .deb) wins.
+    #[test]
+    fn cache_state_prefers_what_is_already_fetched() {
+        let cache = std::env::temp_dir().join(format!("rig-tree-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&cache).unwrap();
+        let (pkg, ver) = ("linux-source-6.1", "6.1.192-3");
+        let tarball = cache.join("linux-source-6.1_6.1.192-3.tar.xz");
+        let deb = cache.join("linux-source-6.1_6.1.192-3_all.deb");
+        assert_eq!(
+            cache_state(&cache, pkg, ver),
+            Cached::Nothing {
+                deb: deb.clone(),
+                tarball: tarball.clone()
+            }
+        );
+        std::fs::write(&deb, b"deb").unwrap();
+        assert_eq!(
+            cache_state(&cache, pkg, ver),
+            Cached::Deb {
+                deb: deb.clone(),
+                tarball: tarball.clone()
+            }
+        );
+        std::fs::write(&tarball, b"tar").unwrap();
+        assert_eq!(cache_state(&cache, pkg, ver), Cached::Tarball(tarball));
+        // Another version's files are not this one's.
+        assert!(matches!(
+            cache_state(&cache, pkg, "6.1.192-2"),
+            Cached::Nothing { .. }
+        ));
+        std::fs::remove_dir_all(&cache).unwrap();
+    }
 }
