@@ -42,12 +42,28 @@ pub enum Cmd {
     /// Break one claim of the series at a time (patches/<series>/mutants.yaml),
     /// rebuild, boot with fail-fast selftests: every mutant must be killed.
     Mutants(MutantsFlags),
+    /// Move kernel.lock to another version of the package: download it, record
+    /// its sha256, import it and re-apply the series (exit 1 if a patch no
+    /// longer applies; kernel.lock is then restored unless --keep-on-conflict).
+    Pin(PinFlags),
     /// Install what the rig and its tests need (every command does this first):
     /// .ci/debian-packages with apt-get when root, actionlint under target/tools.
     Setup,
     /// One `git bisect run` step (used by bisect): 0 good, 1 bad, 125 skip.
     #[command(hide = true)]
     BisectStep(BootFlags),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PinFlags {
+    /// The version to pin, as `apt-cache madison <package>` lists it (e.g. 6.1.192-2).
+    pub version: String,
+    /// Leave kernel.lock at the new version even when the series does not
+    /// apply there (by default the old kernel.lock is restored).
+    #[arg(long)]
+    pub keep_on_conflict: bool,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -287,6 +303,25 @@ mod tests {
         assert_eq!((b.profile, b.fail_fast), (Profile::Quick, true));
         let b = test_boot(&["--full", "--fail-fast"]);
         assert_eq!((b.profile, b.fail_fast), (Profile::Full, true));
+    }
+
+    #[test]
+    fn pin_takes_a_version_and_keeps_only_on_request() {
+        match parse(&["pin", "6.1.192-2"]) {
+            Cmd::Pin(p) => assert_eq!(
+                (p.version.as_str(), p.keep_on_conflict),
+                ("6.1.192-2", false)
+            ),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["pin", "--keep-on-conflict", "6.1.176-1"]) {
+            Cmd::Pin(p) => assert_eq!(
+                (p.version.as_str(), p.keep_on_conflict),
+                ("6.1.176-1", true)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(Xtask::try_parse_from(["cargo xtask", "pin"]).is_err());
     }
 
     #[test]

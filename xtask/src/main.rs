@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use xtask::bench;
-use xtask::commands::{bisect, mutants, series_check, setup, test};
+use xtask::commands::{bisect, mutants, pin, series_check, setup, test};
 use xtask::{context, flags, sys::signals};
 
 fn main() -> anyhow::Result<()> {
@@ -24,6 +24,7 @@ fn main() -> anyhow::Result<()> {
             flags::BenchWhat::Alloc(a) => bench::alloc(a),
         },
         flags::Cmd::Mutants(f) => mutants::run(f),
+        flags::Cmd::Pin(f) => pin::run(f),
         flags::Cmd::Setup => setup::ensure(&context::repo_root()).map(|()| 0),
         flags::Cmd::BisectStep(f) => bisect::step(f),
     };

@@ -4,6 +4,7 @@
 pub mod bisect;
 pub mod checkpatch_exceptions;
 pub mod mutants;
+pub mod pin;
 pub mod series_check;
 pub mod setup;
 pub mod test;
