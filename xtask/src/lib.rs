@@ -8,7 +8,7 @@
 //! | [`vm`] | boot: QEMU's arguments, the accelerator, the live run, QMP |
 //! | [`judge`] | the KTAP parser, the console's splat scanner, the verdict |
 //! | [`report`] | the run dir, results.yaml, junit.xml, the table, the snapshot |
-//! | [`commands`] | one module per subcommand that runs the pipeline (test and the stage subcommands, check-series, bisect, mutants, setup) |
+//! | [`commands`] | one module per subcommand that runs the pipeline (test and the stage subcommands, check-series, bisect, mutants, pin, setup) |
 //! | [`suites`] | `--suite kernel`: the kernel's own BPF selftests, built, booted and compared |
 //! | [`bench`] | `cargo xtask bench`: measurements of the rig and the allocator, apart from the pipeline |
 //! | [`sys`] | process groups, signals, the work-dir lock, progress lines, shell quoting |
