@@ -8,7 +8,8 @@
 //! longer applies. The pin is never left half-moved without saying so: when
 //! the series does not apply, the old kernel.lock is restored unless
 //! `--keep-on-conflict` asks to keep the new version (to fix the series there).
-//! Exit 0: moved, series applies; 1: series does not apply; 2: nothing moved.
+//! Exit 0: moved, series applies; 1: series does not apply; 2: the pin did
+//! not move (version not offered, download or import failed).
 
 use anyhow::{bail, Context, Result};
 use xshell::Shell;
@@ -16,6 +17,7 @@ use xshell::Shell;
 use crate::flags::PinFlags;
 use crate::pipeline::Pipeline;
 use crate::stages::hashing::sha256_file;
+use crate::stages::patches::{self, Series};
 use crate::stages::tree::{self, KernelLock};
 use crate::sys::progress::Stage;
 
@@ -46,6 +48,8 @@ pub fn run(f: PinFlags) -> Result<i32> {
         tarball: old.tarball.clone(),
         sha256: String::new(),
     };
+    // Read before kernel.lock moves: a series that cannot load changes nothing.
+    let series = Series::load(&p.ctx.repo, &p.ctx.common.series)?;
     let sh = Shell::new()?;
     // Not available: the same error as the tree stage's, naming what is.
     let tarball = tree::cached_tarball(&p.ctx, &sh, &target)?;
@@ -58,37 +62,47 @@ pub fn run(f: PinFlags) -> Result<i32> {
         "[pin] kernel.lock: version {} -> {}, sha256 {sha}",
         old.version, f.version
     );
-    match p.applied() {
-        Ok(t) => {
-            stage.done(&format!(
-                "kernel.lock pins {} {}; series `{}` applies ({}); review and commit kernel.lock",
-                old.package,
-                f.version,
-                p.series_name(),
-                t.path.display()
-            ));
-            Ok(0)
-        }
+    let restore = || {
+        std::fs::write(&lock_path, &old_text)
+            .with_context(|| format!("restoring {}", lock_path.display()))
+    };
+    // The tree stage reads the new kernel.lock: the new version's own dir.
+    let t = match p.tree() {
+        Ok(t) => t,
         Err(e) => {
-            eprintln!("[pin] {} at {}: {e:#}", p.series_name(), f.version);
-            if f.keep_on_conflict {
-                eprintln!(
-                    "[pin] --keep-on-conflict: kernel.lock stays at {} (NOT applying cleanly); \
-                     fix the series on that tree, or move back with `cargo xtask pin {}`",
-                    f.version, old.version
-                );
-            } else {
-                std::fs::write(&lock_path, &old_text)
-                    .with_context(|| format!("restoring {}", lock_path.display()))?;
-                eprintln!(
-                    "[pin] kernel.lock restored: it still pins {} {}. Pass --keep-on-conflict \
-                     to keep {} and fix the series there",
-                    old.package, old.version, f.version
-                );
-            }
-            Ok(1)
+            restore()?;
+            return Err(e.context(format!(
+                "importing {} {}; kernel.lock restored to {}",
+                old.package, f.version, old.version
+            )));
         }
+    };
+    if let Err(e) = patches::apply(&t, &series) {
+        eprintln!("[pin] series `{}` at {}: {e:#}", series.name, f.version);
+        if f.keep_on_conflict {
+            eprintln!(
+                "[pin] --keep-on-conflict: kernel.lock stays at {} although the series does \
+                 not apply there; fix it on that tree, or move back with `cargo xtask pin {}`",
+                f.version, old.version
+            );
+        } else {
+            restore()?;
+            eprintln!(
+                "[pin] kernel.lock restored: it still pins {} {}. Pass --keep-on-conflict to \
+                 keep {} and fix the series there",
+                old.package, old.version, f.version
+            );
+        }
+        return Ok(1);
     }
+    stage.done(&format!(
+        "kernel.lock pins {} {}; series `{}` applies ({}); review and commit kernel.lock",
+        old.package,
+        f.version,
+        series.name,
+        t.path.display()
+    ));
+    Ok(0)
 }
 
 /// A Debian version (`[epoch:]upstream[-revision]`): nothing that could
