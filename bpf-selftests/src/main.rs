@@ -45,7 +45,14 @@ fn real_main() -> Result<bool> {
     let table = match (&cfg.fault, &cfg.bench) {
         (Some(name), _) => tests::fault(name)?,
         (None, Some(name)) => bench::table(name, &cfg)?,
-        (None, None) => tests::ALL,
+        (None, None) => {
+            // The selftests' alloc/free deltas need the counting on; a
+            // failure shows as `counting 0` in the tests that read them.
+            if let Err(e) = sys::stats::enable_counting() {
+                eprintln!("bpf-selftests: {e:#}");
+            }
+            tests::ALL
+        }
     };
     Ok(runner::run(ktap, &cfg, table))
 }

@@ -38,7 +38,12 @@ pub const TESTS: &[Test] = &[
     },
 ];
 
-const PROCESS_MODES: [Mode; 3] = [Mode::Global, Mode::Kmalloc, Mode::Cache];
+const PROCESS_MODES: [Mode; 4] = [
+    Mode::Global,
+    Mode::Kmalloc,
+    Mode::Cache,
+    Mode::GlobalCounted,
+];
 /// Objects per CPU the prefill is timed with.
 const PREFILL_COUNTS: [u32; 2] = [1_000, 100_000];
 /// The kernel's limits on a bench request.

@@ -13,12 +13,18 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use crate::sys::cpu;
+use crate::sys::stats::{self, Stats};
+
 pub const BENCH_PATH: &str = "/sys/kernel/debug/bpf_global_ma_test/bench";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// bpf_global_ma_alloc + free.
     Global,
+    /// The same with BPF stats enabled, so that the allocator counts each
+    /// alloc and free (patches/global-ma 0004); the counts are checked.
+    GlobalCounted,
     /// kmalloc(GFP_KERNEL) + kfree.
     Kmalloc,
     /// A bpf_mem_alloc of that size made for the run (6.1's per-map cache).
@@ -31,9 +37,18 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Global => "global",
+            Mode::GlobalCounted => "global_counted",
             Mode::Kmalloc => "kmalloc",
             Mode::Cache => "cache",
             Mode::Nmi => "nmi",
+        }
+    }
+
+    /// The mode as the kernel's bench file knows it.
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            Mode::GlobalCounted => Mode::Global.name(),
+            m => m.name(),
         }
     }
 }
@@ -51,7 +66,7 @@ impl Request {
     pub fn text(&self) -> String {
         match self.mode {
             Mode::Nmi => format!("nmi {} {} {}", self.size, self.loops, self.batch),
-            m => format!("{} {} {}", m.name(), self.size, self.loops),
+            m => format!("{} {} {}", m.kernel_name(), self.size, self.loops),
         }
     }
 }
@@ -101,17 +116,56 @@ pub fn run(req: &Request) -> Result<Measured> {
              (CONFIG_BPF_GLOBAL_MA_TEST_NMI with patches/global-ma 0015)"
         );
     }
+    if req.mode == Mode::GlobalCounted {
+        return run_counted(req);
+    }
     let text = req.text();
     fs::write(BENCH_PATH, &text).with_context(|| format!("writing {text:?} to {BENCH_PATH}"))?;
     let out = fs::read_to_string(BENCH_PATH).with_context(|| format!("reading {BENCH_PATH}"))?;
-    let m = parse(out.trim()).with_context(|| format!("after writing {text:?}"))?;
+    let mut m = parse(out.trim()).with_context(|| format!("after writing {text:?}"))?;
     let batch = if req.mode == Mode::Nmi { req.batch } else { 0 };
-    if m.mode != req.mode.name() || m.size != req.size || m.loops != req.loops || m.batch != batch {
+    if m.mode != req.mode.kernel_name()
+        || m.size != req.size
+        || m.loops != req.loops
+        || m.batch != batch
+    {
         bail!(
             "wrote {text:?} to {BENCH_PATH} but it reports {:?}",
             out.trim()
         );
     }
+    m.mode = req.mode.name().to_string();
+    Ok(m)
+}
+
+/// `global` with BPF stats enabled for the run only. The calling thread's
+/// CPU must then have counted exactly one alloc and one free per loop:
+/// a counter that is cheap because it is wrong would not be a figure.
+fn run_counted(req: &Request) -> Result<Measured> {
+    let cpu = cpu::current_cpu()?;
+    let plain = Request {
+        mode: Mode::Global,
+        ..*req
+    };
+    stats::set_counting(true)?;
+    let before = Stats::read();
+    let m = before.and_then(|before| {
+        let m = run(&plain)?;
+        let d = Stats::read()?.cpu(cpu).since(&before.cpu(cpu));
+        Ok((m, d))
+    });
+    stats::set_counting(false)?;
+    let (mut m, d) = m?;
+    let loops = i64::try_from(req.loops).context("loops out of range")?;
+    if (d.alloc, d.free) != (loops, loops) {
+        bail!(
+            "with BPF stats on, cpu{cpu} counted alloc +{} free +{} for {} alloc+free pairs",
+            d.alloc,
+            d.free,
+            req.loops
+        );
+    }
+    m.mode = req.mode.name().to_string();
     Ok(m)
 }
 

@@ -161,6 +161,25 @@ pub struct Stats {
     pub in_use: i64,
     /// Frees refused by the debug mode, when the kernel has it.
     pub bad_free: Option<u64>,
+    /// Whether alloc and free (and their NMI subsets) are being counted:
+    /// the kernel counts them only while BPF stats are enabled
+    /// (`kernel.bpf_stats_enabled`, see [`enable_counting`]). None for a
+    /// kernel that always counts.
+    pub counting: Option<bool>,
+}
+
+/// The sysctl that turns the allocator's alloc/free counting on (with the
+/// programs' run-time stats; patches/global-ma 0004).
+pub const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Turns on the counting that the selftests' alloc/free deltas need.
+pub fn enable_counting() -> Result<()> {
+    set_counting(true)
+}
+
+pub fn set_counting(on: bool) -> Result<()> {
+    let v = if on { "1" } else { "0" };
+    fs::write(BPF_STATS_SYSCTL, v).with_context(|| format!("writing {v} to {BPF_STATS_SYSCTL}"))
 }
 
 /// One group of fields of one reading of the stats file, by CPU and in
@@ -280,6 +299,7 @@ impl Stats {
                         Counters::parse(&f, label)?,
                         num::<i64>(&f, label, "in_use")?,
                         optional(&f, label, "bad_free")?,
+                        optional(&f, label, "counting")?,
                     ));
                 }
                 Some(cpu) => {
@@ -289,7 +309,7 @@ impl Stats {
                 }
             }
         }
-        let Some((total, in_use, bad_free)) = total else {
+        let Some((total, in_use, bad_free, counting)) = total else {
             bail!("no total line");
         };
         if cpus.is_empty() {
@@ -300,6 +320,7 @@ impl Stats {
             total,
             in_use,
             bad_free,
+            counting: counting.map(|c| c != 0),
         })
     }
 
@@ -316,6 +337,11 @@ impl Stats {
             sum.add(c);
         }
         let mut bad = Vec::new();
+        if self.counting == Some(false) {
+            bad.push(format!(
+                "counting 0: alloc and free are not counted (is {BPF_STATS_SYSCTL} 1?)"
+            ));
+        }
         if sum != self.total {
             bad.push(format!(
                 "total line ({}) is not the sum of the CPU lines ({sum})",
@@ -485,6 +511,25 @@ total alloc 15 free 14 alloc_fail 2 refill 1 refill_objs 48 in_use 1
         )
         .unwrap();
         assert_eq!(s.inconsistencies().len(), 2);
+    }
+
+    #[test]
+    fn counting_off_is_named() {
+        let text = |c: u8| {
+            format!(
+                "cpu0 alloc 0 free 0 alloc_fail 0 refill 0 refill_objs 0\n\
+                 total alloc 0 free 0 alloc_fail 0 refill 0 refill_objs 0 in_use 0 counting {c}\n"
+            )
+        };
+        let off = Stats::parse(&text(0)).unwrap();
+        assert_eq!(off.counting, Some(false));
+        let bad = off.inconsistencies();
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(bad[0].contains("bpf_stats_enabled"), "{bad:?}");
+        let on = Stats::parse(&text(1)).unwrap();
+        assert_eq!(on.counting, Some(true));
+        assert!(on.inconsistencies().is_empty());
+        assert_eq!(Stats::parse(SAMPLE).unwrap().counting, None);
     }
 
     #[test]

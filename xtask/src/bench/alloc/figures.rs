@@ -14,7 +14,7 @@ use crate::judge::ktap::{self, Status};
 /// The guest's KTAP tests in `rig.bench=alloc` mode.
 pub const TESTS: [&str; 3] = ["bench_alloc", "bench_alloc_nmi", "bench_prefill"];
 /// Modes of the kernel's bench file, the reference first.
-pub const MODES: [&str; 4] = ["kmalloc", "global", "cache", "nmi"];
+pub const MODES: [&str; 5] = ["kmalloc", "global", "global_counted", "cache", "nmi"];
 /// Objects per CPU the guest times the prefill with.
 pub const PREFILL_COUNTS: [u32; 2] = [1_000, 100_000];
 
@@ -311,14 +311,14 @@ mod tests {
         let f = parse(&sample()).unwrap();
         assert_eq!(f.setup.sizes, vec![32, 256]);
         assert_eq!(f.setup.reps, 5);
-        assert_eq!(f.allocs.len(), 2 * 4 * 5);
+        assert_eq!(f.allocs.len(), 2 * 5 * 5);
         let global = f.ns_per_op("global", 32);
         assert_eq!(global.len(), 5);
         assert!(global.iter().all(|&x| x > 0.0));
         assert_eq!(f.fails("nmi", 32).len(), 5);
         assert_eq!(f.prefill_secs(32, 1_000).len(), 5);
         assert_eq!(f.unit_size(32), Some(64));
-        assert_eq!(f.ns_per_op("kmalloc", 32)[0], 333.53397);
+        assert_eq!(f.ns_per_op("kmalloc", 32)[0], 458.04212);
         assert_eq!(f.fails("nmi", 256), vec![0; 5]);
         assert_eq!(f.refusal(256, 100_000).map(|r| r.unit_size), Some(512));
         assert_eq!(f.prefill_secs(256, 100_000), Vec::<f64>::new());
@@ -344,10 +344,11 @@ mod tests {
         s
     }
 
-    const COMPLETE: [&str; 6] = [
+    const COMPLETE: [&str; 7] = [
         "# bench: alloc mode=global size=32 rep=1 loops=10 batch=0 ns=100 fails=0",
         "# bench: alloc mode=kmalloc size=32 rep=1 loops=10 batch=0 ns=200 fails=0",
         "# bench: alloc mode=cache size=32 rep=1 loops=10 batch=0 ns=150 fails=0",
+        "# bench: alloc mode=global_counted size=32 rep=1 loops=10 batch=0 ns=110 fails=0",
         "# bench: alloc mode=nmi size=32 rep=1 loops=10 batch=5 ns=300 fails=2",
         "# bench: prefill size=32 count=1000 rep=1 unit_size=64 ns=5000",
         "# bench: prefill size=32 count=100000 unit_size=64 refused=E2BIG limit=16777216",

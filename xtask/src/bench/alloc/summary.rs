@@ -9,12 +9,16 @@ use crate::bench::report::{median, min, nums, opt, render, three, N};
 
 /// Goal: global alloc+free at most this fraction of kmalloc+kfree (min/min).
 pub const GLOBAL_VS_KMALLOC_GOAL: f64 = 0.5;
+/// Goal (issue 16): global alloc+free at most this multiple of 6.1's
+/// per-size cache, in the same boot (min/min).
+pub const GLOBAL_VS_CACHE_GOAL: f64 = 1.10;
 
 /// What each mode of the kernel's bench file times, for the table.
 fn mode_title(mode: &str, batch: u32) -> String {
     match mode {
         "kmalloc" => "kmalloc(GFP_KERNEL)+kfree".into(),
         "global" => "global alloc+free (bpf_global_ma)".into(),
+        "global_counted" => "global alloc+free, BPF stats on (counted)".into(),
         "cache" => "6.1 per-map bpf_mem_alloc+free (cache)".into(),
         "nmi" => format!(
             "global alloc+free in NMI ({} per NMI, reserved)",
@@ -72,6 +76,18 @@ impl Summary<'_> {
                     value: r,
                     goal: format!("<= {GLOBAL_VS_KMALLOC_GOAL:.2}x"),
                     met: r <= GLOBAL_VS_KMALLOC_GOAL,
+                });
+            }
+            let cache = min(&f.ns_per_op("cache", size));
+            if let Some(r) = ratio(global, cache) {
+                goals.push(Goal {
+                    key: format!("global_vs_cache_{size}"),
+                    what: format!(
+                        "global / 6.1 per-map cache alloc+free at {size} bytes (min / min)"
+                    ),
+                    value: r,
+                    goal: format!("<= {GLOBAL_VS_CACHE_GOAL:.2}x"),
+                    met: r <= GLOBAL_VS_CACHE_GOAL,
                 });
             }
             let fails = f.fails("nmi", size);
@@ -159,6 +175,22 @@ impl Summary<'_> {
                     vs,
                     goal,
                     met,
+                ]);
+            }
+            let cache = f.ns_per_op("cache", size);
+            for mode in ["global", "global_counted"] {
+                let v = f.ns_per_op(mode, size);
+                let g = (mode == "global")
+                    .then(|| self.goal(&format!("global_vs_cache_{size}")))
+                    .flatten();
+                rows.push(vec![
+                    format!("{mode} / per-map cache (min/min, median/median)"),
+                    bytes.clone(),
+                    times(ratio(min(&v), min(&cache))),
+                    times(ratio(median(&v), median(&cache))),
+                    "-".into(),
+                    g.map_or("-".into(), |g| g.goal.clone()),
+                    ok(g),
                 ]);
             }
             let fails: Vec<f64> = f.fails("nmi", size).iter().map(|&x| x as f64).collect();
@@ -349,6 +381,10 @@ fn ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |x| format!("{:.2} ms", x * 1e3))
 }
 
+fn times(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{x:.2}x"))
+}
+
 fn count(v: Option<f64>) -> String {
     v.map_or("-".into(), |x| format!("{x:.0}"))
 }
@@ -373,7 +409,8 @@ mod tests {
             # bench: setup cpu=0 online=2 sizes=32 reps=1 loops=10 batch=5 warmup=1\n\
             # bench: alloc mode=global size=32 rep=1 loops=10 batch=0 ns=100 fails=0\n\
             # bench: alloc mode=kmalloc size=32 rep=1 loops=10 batch=0 ns=400 fails=0\n\
-            # bench: alloc mode=cache size=32 rep=1 loops=10 batch=0 ns=150 fails=0\n\
+            # bench: alloc mode=cache size=32 rep=1 loops=10 batch=0 ns=80 fails=0\n\
+            # bench: alloc mode=global_counted size=32 rep=1 loops=10 batch=0 ns=120 fails=0\n\
             # bench: alloc mode=nmi size=32 rep=1 loops=10 batch=5 ns=300 fails=2\n\
             ok 1 bench_alloc\n\
             # start: bench_alloc_nmi\nok 2 bench_alloc_nmi\n\
@@ -383,10 +420,13 @@ mod tests {
             ok 3 bench_prefill\n";
         let f = figures::parse(text).unwrap();
         let s = Summary::new(&f);
-        assert_eq!(s.goals.len(), 2);
+        assert_eq!(s.goals.len(), 3);
         assert!(s.goals[0].met, "0.25x <= 0.5x");
         assert_eq!(s.goals[0].value, 0.25);
-        assert!(!s.goals[1].met, "2 NMI failures");
+        assert_eq!(s.goals[1].key, "global_vs_cache_32");
+        assert!(!s.goals[1].met, "1.25x > 1.10x");
+        assert_eq!(s.goals[1].value, 1.25);
+        assert!(!s.goals[2].met, "2 NMI failures");
         let t = s.table();
         let row = |start: &str| -> Vec<String> {
             let line = t.lines().find(|l| l.starts_with(start)).unwrap();
@@ -403,6 +443,14 @@ mod tests {
                 "<= 0.50x",
                 "yes"
             ]
+        );
+        assert_eq!(
+            row("global / per-map cache")[2..],
+            ["1.25x", "1.25x", "-", "<= 1.10x", "MISSED"]
+        );
+        assert_eq!(
+            row("global_counted / per-map cache")[2..],
+            ["1.50x", "1.50x", "-", "-", "-"]
         );
         assert_eq!(row("NMI allocation failures")[5..], ["0 (max 2)", "MISSED"]);
         assert_eq!(row("prefill 10^3")[2..4], ["5.00 ms", "5.00 ms"]);
