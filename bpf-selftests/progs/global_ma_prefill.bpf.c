@@ -21,7 +21,7 @@
 #include "rig.h"
 #include "global_ma.h"
 
-/* Mirrored in src/tests/global_ma/prefill.rs. */
+/* Mirrored in src/tests/global_ma/prefill/mod.rs. */
 #define GMA_PF_SLOTS 1024
 #define GMA_PF_HAMMER_MAX 64
 
@@ -77,99 +77,143 @@ static __always_inline struct gma_pf_ctl *serving(__u32 cmd, __u32 *cpu)
 	return c;
 }
 
+/* The loops run with bpf_loop(): the verifier checks a callback once,
+ * where a bounded loop of GMA_PF_SLOTS iterations is checked iteration by
+ * iteration (about a second of the object's load under TCG).
+ */
+struct pf_loop {
+	struct gma_pf_ctl *c;
+	__u32 cpu;
+};
+
+/* Iteration i of GMA_PF_ALLOC: slot base + i (1 ends the loop) */
+static long pf_alloc_one(__u32 i, void *data)
+{
+	struct pf_loop *l = data;
+	struct gma_pf_ctl *c = l->c;
+	struct bpf_ma_testobj *obj, *old;
+	struct gma_val *v;
+	__u32 key;
+
+	if (i >= c->n || c->base + i >= GMA_PF_SLOTS)
+		return 1;
+	key = l->cpu * GMA_PF_SLOTS + c->base + i;
+	v = bpf_map_lookup_elem(&objs, &key);
+	if (!v) {
+		c->no_elem++;
+		return 1;
+	}
+	obj = bpf_ma_testobj_new(NULL);
+	if (!obj) {
+		c->fails++;
+		return 0;
+	}
+	if (obj->cpu != l->cpu)
+		c->wrong_cpu++;
+	if (obj->magic != GMA_MAGIC)
+		c->bad_magic++;
+	old = bpf_kptr_xchg(&v->obj, obj);
+	if (old) {
+		c->old_found++;
+		bpf_ma_testobj_release(old, NULL);
+	}
+	c->done++;
+	return 0;
+}
+
+/* Iteration i of GMA_PF_FREE: slot base + i (1 ends the loop) */
+static long pf_free_one(__u32 i, void *data)
+{
+	struct pf_loop *l = data;
+	struct gma_pf_ctl *c = l->c;
+	struct bpf_ma_testobj *obj;
+	struct gma_val *v;
+	__u32 key;
+
+	if (i >= c->n || c->base + i >= GMA_PF_SLOTS)
+		return 1;
+	key = l->cpu * GMA_PF_SLOTS + c->base + i;
+	v = bpf_map_lookup_elem(&objs, &key);
+	if (!v) {
+		c->no_elem++;
+		return 1;
+	}
+	obj = bpf_kptr_xchg(&v->obj, NULL);
+	if (!obj) {
+		c->empty++;
+		return 0;
+	}
+	if (obj->magic != GMA_MAGIC)
+		c->bad_magic++;
+	bpf_ma_testobj_release(obj, NULL);
+	c->done++;
+	return 0;
+}
+
+/* Iteration i of GMA_PF_HAMMER (1 ends the loop) */
+static long pf_hammer_one(__u32 i, void *data)
+{
+	struct pf_loop *l = data;
+	struct gma_pf_ctl *c = l->c;
+	struct bpf_ma_testobj *obj;
+
+	if (i >= c->n)
+		return 1;
+	obj = bpf_ma_testobj_new(NULL);
+	if (!obj) {
+		c->fails++;
+		return 0;
+	}
+	bpf_ma_testobj_release(obj, NULL);
+	c->done++;
+	return 0;
+}
+
 SEC("fentry/__x64_sys_getpgid")
 int gma_pf_alloc(void *ctx)
 {
-	struct bpf_ma_testobj *obj, *old;
+	struct pf_loop l = {};
 	struct gma_pf_ctl *c;
-	struct gma_val *v;
-	__u32 cpu, i, key;
+	__u32 cpu;
 
 	c = serving(GMA_PF_ALLOC, &cpu);
 	if (!c)
 		return 0;
-	for (i = 0; i < GMA_PF_SLOTS; i++) {
-		if (i >= c->n || c->base + i >= GMA_PF_SLOTS)
-			break;
-		key = cpu * GMA_PF_SLOTS + c->base + i;
-		v = bpf_map_lookup_elem(&objs, &key);
-		if (!v) {
-			c->no_elem++;
-			break;
-		}
-		obj = bpf_ma_testobj_new(NULL);
-		if (!obj) {
-			c->fails++;
-			continue;
-		}
-		if (obj->cpu != cpu)
-			c->wrong_cpu++;
-		if (obj->magic != GMA_MAGIC)
-			c->bad_magic++;
-		old = bpf_kptr_xchg(&v->obj, obj);
-		if (old) {
-			c->old_found++;
-			bpf_ma_testobj_release(old, NULL);
-		}
-		c->done++;
-	}
+	l.c = c;
+	l.cpu = cpu;
+	bpf_loop(GMA_PF_SLOTS, pf_alloc_one, &l, 0);
 	return 0;
 }
 
 SEC("fentry/__x64_sys_getpgid")
 int gma_pf_free(void *ctx)
 {
-	struct bpf_ma_testobj *obj;
+	struct pf_loop l = {};
 	struct gma_pf_ctl *c;
-	struct gma_val *v;
-	__u32 cpu, i, key;
+	__u32 cpu;
 
 	c = serving(GMA_PF_FREE, &cpu);
 	if (!c)
 		return 0;
-	for (i = 0; i < GMA_PF_SLOTS; i++) {
-		if (i >= c->n || c->base + i >= GMA_PF_SLOTS)
-			break;
-		key = cpu * GMA_PF_SLOTS + c->base + i;
-		v = bpf_map_lookup_elem(&objs, &key);
-		if (!v) {
-			c->no_elem++;
-			break;
-		}
-		obj = bpf_kptr_xchg(&v->obj, NULL);
-		if (!obj) {
-			c->empty++;
-			continue;
-		}
-		if (obj->magic != GMA_MAGIC)
-			c->bad_magic++;
-		bpf_ma_testobj_release(obj, NULL);
-		c->done++;
-	}
+	l.c = c;
+	l.cpu = cpu;
+	bpf_loop(GMA_PF_SLOTS, pf_free_one, &l, 0);
 	return 0;
 }
 
 SEC("fentry/__x64_sys_getpgid")
 int gma_pf_hammer(void *ctx)
 {
-	struct bpf_ma_testobj *obj;
+	struct pf_loop l = {};
 	struct gma_pf_ctl *c;
-	__u32 cpu, i;
+	__u32 cpu;
 
 	c = serving(GMA_PF_HAMMER, &cpu);
 	if (!c)
 		return 0;
-	for (i = 0; i < GMA_PF_HAMMER_MAX; i++) {
-		if (i >= c->n)
-			break;
-		obj = bpf_ma_testobj_new(NULL);
-		if (!obj) {
-			c->fails++;
-			continue;
-		}
-		bpf_ma_testobj_release(obj, NULL);
-		c->done++;
-	}
+	l.c = c;
+	l.cpu = cpu;
+	bpf_loop(GMA_PF_HAMMER_MAX, pf_hammer_one, &l, 0);
 	return 0;
 }
 

@@ -150,15 +150,35 @@ pub fn read_stats(checks: &mut Checks) -> Result<Stats> {
     Ok(s)
 }
 
+/// How long alloc/free must stand still before a test starts, when the
+/// allocator has objects out (in_use != 0): one of them may still come back
+/// from an earlier test's deferred free, e.g. a map freed from a workqueue
+/// after its program's RCU grace period (about 20 ms after the close here).
+const STILL: Duration = Duration::from_millis(50);
+/// The same with no object out (in_use 0): a deferred free needs an object
+/// to free, so none can come; the wait only checks that nothing is
+/// allocating (nothing outside the tests uses the global allocator).
+const STILL_EMPTY: Duration = Duration::from_millis(5);
+
+/// The stillness quiet_stats() wants after reading `s`: alloc and free
+/// only grow, so equal totals at both ends mean nothing happened between,
+/// and in_use is the same at both ends.
+fn still_for(s: &Stats) -> Duration {
+    if s.in_use == 0 {
+        STILL_EMPTY
+    } else {
+        STILL
+    }
+}
+
 /// The stats once alloc/free have stopped moving, so that a test starts
 /// from a quiet allocator even if an earlier test left a deferred free in
 /// flight (it would then have failed itself).
 pub fn quiet_stats(checks: &mut Checks) -> Result<Stats> {
-    const STILL: Duration = Duration::from_millis(50);
     let start = Instant::now();
     let mut last = read_stats(checks)?;
     let quiet = loop {
-        thread::sleep(STILL);
+        thread::sleep(still_for(&last));
         let s = read_stats(checks)?;
         let same = s.total.alloc == last.total.alloc && s.total.free == last.total.free;
         if same {
@@ -329,5 +349,22 @@ pub fn describe_cpu_deltas(before: &Stats, after: &Stats) -> String {
         "no CPU moved".to_string()
     } else {
         parts.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stillness_is_short_only_with_no_object_out() {
+        let with = |in_use| Stats {
+            in_use,
+            ..Stats::default()
+        };
+        assert_eq!(still_for(&with(0)), STILL_EMPTY);
+        assert_eq!(still_for(&with(1)), STILL);
+        assert_eq!(still_for(&with(-1)), STILL);
+        assert!(STILL_EMPTY < STILL);
     }
 }

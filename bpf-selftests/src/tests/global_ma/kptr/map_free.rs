@@ -41,7 +41,7 @@ pub fn global_ma_map_free(ctx: &Ctx<'_>) -> Result<Outcome> {
     {
         let cpu = cpus[i % cpus.len()];
         let what = format!("{kind}, {FILL} objects, CPU {cpu}");
-        let k = KptrObj::load(ctx)?;
+        let k = KptrObj::load_attaching(ctx, &[STASH])?;
         let stash_id = k.id(STASH)?;
         let s0 = read_stats(&mut checks)?;
         {
@@ -149,7 +149,7 @@ pub fn global_ma_debug_owner_gone(ctx: &Ctx<'_>) -> Result<Outcome> {
     let start = quiet_stats(&mut checks)?;
     let cpu = cpu::online_cpus()?[0];
     let _pin = affinity::pin(cpu)?;
-    let k = KptrObj::load(ctx)?;
+    let k = KptrObj::load_attaching(ctx, &[STASH])?;
     let stash_id = prog_id(&k.obj, STASH)?;
     for key in 0..ORPHANS {
         k.run(Op::Stash, Kind::Hash, 300 + key)?;

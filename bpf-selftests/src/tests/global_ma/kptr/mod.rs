@@ -136,9 +136,16 @@ struct KptrObj {
 
 impl KptrObj {
     fn load(ctx: &Ctx<'_>) -> Result<KptrObj> {
+        Self::load_attaching(ctx, &PROGS)
+    }
+
+    /// Loads every program but attaches only `progs` (each attach and
+    /// detach rewrites getpgid()'s trampoline, a few ms under TCG); the
+    /// others still hold the maps.
+    fn load_attaching(ctx: &Ctx<'_>, progs: &[&str]) -> Result<KptrObj> {
         let open = open(ctx, OBJECT)?;
         let obj = bpf::load(open, OBJECT)?;
-        let links = attach(&obj, &PROGS)?;
+        let links = attach(&obj, progs)?;
         Ok(KptrObj {
             _links: links,
             obj,

@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::{Link, Object};
+use rig_contract::cmdline::Profile;
 
 use super::{attach, open, quiet_stats};
 use crate::check::Checks;
@@ -78,8 +79,19 @@ const OBJ_SIZE: u32 = 32;
 /// Longest wait for the surplus to leave the free lists after a release.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time irq_work gets to trim a free list (it would, if it were above the
-/// high watermark) before the test looks.
-const IRQ_WORK_GRACE: Duration = Duration::from_millis(50);
+/// high watermark) before the test looks, per profile. irq_work is raised
+/// with a self-IPI and runs as soon as the CPU takes interrupts again, and
+/// unit_free() raises it with interrupts on: a trim the frees start has
+/// run before getpgid() returns. The grace is for a trim put off further:
+/// a lazy irq_work runs at the next tick (4 ms at the rig's HZ=250), which
+/// the quick profile's 10 ms covers twice; the full profile (mutants,
+/// nightly) keeps 50 ms.
+fn irq_work_grace(profile: Profile) -> Duration {
+    match profile {
+        Profile::Full => Duration::from_millis(50),
+        Profile::Quick => Duration::from_millis(10),
+    }
+}
 
 /// Skip on a kernel without the reserves (a patch before 0011, checked by
 /// check-series or bisect) or without `object`, probing the command

@@ -9,7 +9,7 @@ use libbpf_rs::Object;
 use super::ctl::{run_on, Cmd};
 use super::snap::{expect_conservation, expect_reserved, release, settled_snap, snap, Snap};
 use super::{
-    begin, checked_unit, load, missing_reserves, online, prefill_timed, IRQ_WORK_GRACE, N, OBJECT,
+    begin, checked_unit, irq_work_grace, load, missing_reserves, online, prefill_timed, N, OBJECT,
     OBJ_SIZE, SLOTS,
 };
 use crate::check::Checks;
@@ -83,7 +83,7 @@ pub(super) fn sequence(
 
     // N frees: back to the reserve, not to the slab
     let f = run_on(obj, cpu, Cmd::Free, 0, n)?;
-    thread::sleep(IRQ_WORK_GRACE);
+    thread::sleep(irq_work_grace(ctx.cfg.profile));
     let s2 = snap(checks)?;
     ctx.diag(format!(
         "  frees done {} empty {}: {}",
