@@ -9,6 +9,7 @@ mod check;
 mod cmdline;
 mod kernel_suites;
 mod ktap;
+mod objects;
 mod poll;
 mod runner;
 mod sys;

@@ -12,10 +12,13 @@
 //! | `# bench: <kind> k=v ...` figures | guest | host | [`bench`] |
 //! | `# rig: inject-nmi`, the request for an external NMI | guest | host | [`request`] |
 //! | the runner's "no virtio port named `ktap`" console message | guest | host | [`port`] |
+//! | the image's `not-built` list of BPF objects and why | host | guest | [`lacks`] |
+//! | SKIP reasons naming what the kernel lacks (`<seen>: this kernel lacks <feature>`) | guest | host | [`lacks`] |
 
 pub mod bench;
 pub mod cmdline;
 pub mod ktap;
+pub mod lacks;
 pub mod port;
 pub mod request;
 

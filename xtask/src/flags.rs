@@ -150,7 +150,9 @@ pub struct Common {
     /// Patch series to apply: a name under patches/, or a path to a series dir.
     #[arg(long, default_value = "global-ma")]
     pub series: String,
-    /// Use this kernel git checkout as it is, instead of the pinned tree + series.
+    /// Use this kernel git checkout as it is, instead of the pinned tree + series
+    /// (the series' series.config is merged when the tree defines the options the
+    /// series adds; without them the series' tests skip naming what the kernel lacks).
     #[arg(long)]
     pub tree: Option<PathBuf>,
     /// Extra kconfig fragment: a name in kconfigs/ or a path to a .config file

@@ -8,6 +8,7 @@ use crate::flags::Common;
 use crate::stages::image::Image;
 use crate::stages::kbuild::Kernel;
 use crate::stages::patches::Series;
+use crate::stages::series_in_tree::SeriesInTree;
 use crate::stages::tree::Tree;
 use crate::{
     stages::image, stages::kbuild, stages::kconfig, stages::patches, stages::tree, sys::lock,
@@ -61,9 +62,13 @@ impl Pipeline {
         }
     }
 
-    /// A patch checked on its own may predate the feature a BPF program uses.
+    /// On the pinned tree with the whole series every BPF program builds,
+    /// so a compile error is a bug in the program. A patch checked on its
+    /// own may predate the feature a program uses, and a `--tree` may not
+    /// have the series at all: there the program is left out, and its tests
+    /// skip with clang's reason.
     pub fn progs(&self) -> image::Progs {
-        if self.as_is {
+        if self.as_is || self.ctx.common.tree.is_some() {
             image::Progs::LeaveOutFailures
         } else {
             image::Progs::AllMustBuild
@@ -85,7 +90,8 @@ impl Pipeline {
 
     pub fn configured(&self) -> Result<(Tree, kconfig::Config, String)> {
         let tree = self.applied()?;
-        let check = if self.as_is {
+        let partial = matches!(tree.series, SeriesInTree::Partial { .. });
+        let check = if self.as_is || partial {
             kconfig::Check::Lenient
         } else {
             self.check

@@ -235,9 +235,9 @@ pub fn probe() -> Result<Option<String>> {
         }
         Err(e) => match e.raw_os_error() {
             Some(libc::E2BIG) => Ok(None),
-            Some(libc::EINVAL) => Ok(Some(format!(
-                "bpf(BPF_MAP_CREATE) knows no map type {BPF_MAP_TYPE_GLOBAL_MA_RESERVE} \
-                 (BPF_MAP_TYPE_GLOBAL_MA_RESERVE): this kernel has no reserves"
+            Some(libc::EINVAL) => Ok(Some(rig_contract::lacks::lacks(
+                &format!("bpf(BPF_MAP_CREATE) knows no map type {BPF_MAP_TYPE_GLOBAL_MA_RESERVE}"),
+                "BPF_MAP_TYPE_GLOBAL_MA_RESERVE (the reserves)",
             ))),
             Some(libc::EOPNOTSUPP) => Ok(Some(
                 "BPF_MAP_TYPE_GLOBAL_MA_RESERVE: the global allocator is not available".into(),

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 
 use crate::flags::{BootFlags, Common, TestFlags};
 use crate::judge::ktap::Status;
-use crate::judge::verdict::{self, Problem, SnapshotCheck, SnapshotMode};
+use crate::judge::verdict::{self, Problem, Skips, SnapshotCheck, SnapshotMode};
 use crate::pipeline::Pipeline;
 use crate::stages::image::Image;
 use crate::stages::kbuild::Kernel;
@@ -67,6 +67,11 @@ pub fn run(f: TestFlags) -> Result<i32> {
     }
     if f.baseline {
         anyhow::bail!("--baseline needs --suite kernel (the series' own selftests have nothing to run on the baseline)");
+    }
+    if f.accept && f.boot.common.tree.is_some() {
+        anyhow::bail!(
+            "--accept writes the pinned tree's snapshot; a --tree run is not compared with it"
+        );
     }
     let snapshot = if f.accept {
         SnapshotMode::Accept
@@ -313,6 +318,11 @@ pub fn boot_and_judge(
             eprintln!("[report] --filter or --append given: snapshot not compared");
             SnapshotCheck::NotCompared
         }
+        // The snapshot holds the pinned tree's results with the series.
+        _ if p.ctx.common.tree.is_some() => {
+            eprintln!("[report] --tree: the snapshot is the pinned tree's; not compared");
+            SnapshotCheck::NotCompared
+        }
         mode => {
             let same = snapshot::check(
                 &p.ctx.repo,
@@ -335,6 +345,11 @@ pub fn boot_and_judge(
             panic: b.panic.as_deref(),
             snapshot: check,
             series: &series,
+            skips: if built.image.tree_lacks_series {
+                Skips::ExpectLacking
+            } else {
+                Skips::Fail
+            },
         },
         &b.report,
         &b.splats,

@@ -8,8 +8,9 @@ use std::fmt;
 use serde::{Serialize, Serializer};
 
 use crate::judge::console::Splat;
-use crate::judge::ktap::Report;
+use crate::judge::ktap::{Report, Status};
 use crate::vm::{Ending, Limits};
+use rig_contract::lacks::lacked;
 
 /// Whether a run compares its results with the committed snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,18 @@ pub enum SnapshotCheck {
     NotCompared,
     Matched,
     Differs,
+}
+
+/// Whether a skipped test can leave a run passing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skips {
+    /// Any skip fails the run: the pinned tree with the series, and every
+    /// tree that has the series.
+    Fail,
+    /// A `--tree` without the series: a skip whose reason names what this
+    /// kernel lacks (`rig_contract::lacks`) is expected, provided some test
+    /// passed; any other skip still fails the run.
+    ExpectLacking,
 }
 
 /// Something wrong with the run itself, besides failed tests and splats.
@@ -76,6 +89,7 @@ pub struct Outcome<'a> {
     pub snapshot: SnapshotCheck,
     /// Names the snapshot in its problem.
     pub series: &'a str,
+    pub skips: Skips,
 }
 
 impl Outcome<'_> {
@@ -87,8 +101,9 @@ impl Outcome<'_> {
 /// The judgement of one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
-    /// Every test passed (none skipped), no splat, no problem, the snapshot
-    /// matched or was not compared.
+    /// Every test passed (none skipped, or with [`Skips::ExpectLacking`]
+    /// every skip names what the kernel lacks and some test passed), no
+    /// splat, no problem, the snapshot matched or was not compared.
     pub passed: bool,
     /// Passed but for skipped tests or a snapshot difference: what
     /// check-series and bisect ask of a patch whose selftests' feature
@@ -119,7 +134,24 @@ pub fn run_problems(ending: &Ending, qemu_stderr: &str, report: &Report) -> Vec<
     problems
 }
 
-/// The verdict. Skipped is not passed: a run with a skip does not pass.
+/// What the skipped tests of a report lack, each feature once, in order;
+/// None when some skip names no missing kernel feature.
+pub fn lacked_features(report: &Report) -> Option<Vec<String>> {
+    let mut features: Vec<String> = Vec::new();
+    for t in report.tests.iter().filter(|t| t.status == Status::Skipped) {
+        let feature = lacked(t.skip_reason.as_deref().unwrap_or(""))?;
+        // The feature's name, without the patch that adds it.
+        let name = feature.split(" (").next().unwrap_or(feature).to_string();
+        if !features.contains(&name) {
+            features.push(name);
+        }
+    }
+    Some(features)
+}
+
+/// The verdict. Skipped is not passed: a run with a skip does not pass,
+/// except on a tree without the series (see [`Skips`]), and then its
+/// verdict says `PASS with N skipped`.
 pub fn judge(outcome: &Outcome<'_>, report: &Report, splats: &[Splat]) -> Verdict {
     let clean_exit = outcome.clean_exit();
     let mut problems = run_problems(outcome.ending, outcome.qemu_stderr, report);
@@ -128,10 +160,12 @@ pub fn judge(outcome: &Outcome<'_>, report: &Report, splats: &[Splat]) -> Verdic
             series: outcome.series.to_string(),
         });
     }
-    let tests_ok = clean_exit
-        && report.all_passed()
-        && report.counts().skipped == 0
-        && !report.tests.is_empty();
+    let c = report.counts();
+    let skips_ok = c.skipped == 0
+        || (outcome.skips == Skips::ExpectLacking
+            && c.passed > 0
+            && lacked_features(report).is_some());
+    let tests_ok = clean_exit && report.all_passed() && skips_ok && !report.tests.is_empty();
     let passed = tests_ok && splats.is_empty() && problems.is_empty();
     let passed_but_skips = clean_exit
         && report.all_passed()
@@ -153,8 +187,16 @@ fn verdict_line(passed: bool, outcome: &Outcome<'_>, report: &Report, splats: &[
         "{} passed, {} failed, {} skipped, {} crashed, {} not run",
         c.passed, c.failed, c.skipped, c.crashed, c.not_run
     );
-    if passed {
+    if passed && c.skipped == 0 {
         return format!("PASS: {counts}");
+    }
+    if passed {
+        let lacking = lacked_features(report).unwrap_or_default().join("; ");
+        return format!(
+            "PASS with {} skipped (a tree without the series; this kernel lacks {lacking}): \
+             {counts}",
+            c.skipped
+        );
     }
     let mut why = Vec::new();
     if let Some(p) = outcome.panic {
@@ -168,6 +210,9 @@ fn verdict_line(passed: bool, outcome: &Outcome<'_>, report: &Report, splats: &[
             splats.len(),
             first.title
         ));
+    }
+    if outcome.skips == Skips::ExpectLacking && c.skipped > 0 && lacked_features(report).is_none() {
+        why.push("a skip that names nothing this kernel lacks".to_string());
     }
     if why.is_empty() {
         why.push("results".to_string());
@@ -223,6 +268,7 @@ mod tests {
             panic: panic.as_deref(),
             snapshot,
             series: "global-ma",
+            skips: Skips::Fail,
         };
         judge(&outcome, &report, &console::scan(&console))
     }
@@ -243,6 +289,7 @@ mod tests {
             panic: None,
             snapshot: SnapshotCheck::NotCompared,
             series: "global-ma",
+            skips: Skips::Fail,
         };
         let v = judge(&outcome, &report, &[]);
         assert!(!v.passed && !v.passed_but_skips, "{v:?}");
@@ -289,6 +336,95 @@ mod tests {
             v.line,
             "FAIL (results): 2 passed, 0 failed, 2 skipped, 0 crashed, 0 not run"
         );
+    }
+
+    /// A report judged on a clean console after a clean exit, not compared.
+    fn judged_skips(report: &Report, skips: Skips, console_file: &str) -> Verdict {
+        let console = read(console_file);
+        let outcome = Outcome {
+            ending: &CLEAN,
+            limits: &LIMITS,
+            qemu_stderr: "",
+            panic: None,
+            snapshot: SnapshotCheck::NotCompared,
+            series: "user-tree",
+            skips,
+        };
+        judge(&outcome, report, &console::scan(&console))
+    }
+
+    /// `--tree` on a tree without the series: the baseline tests pass and
+    /// every series test skips naming what the kernel lacks. That passes,
+    /// and says so with the skips; it never reads as a plain PASS.
+    #[test]
+    fn a_tree_without_the_series_passes_with_its_skips_named() {
+        let report = ktap::parse(&read("ktap/plain_tree.ktap"));
+        let v = judged_skips(&report, Skips::ExpectLacking, "console/clean_boot.log");
+        assert!(v.passed && v.passed_but_skips, "{v:?}");
+        assert_eq!(
+            v.line,
+            "PASS with 27 skipped (a tree without the series; this kernel lacks struct \
+             bpf_ma_testobj; CONFIG_BPF_GLOBAL_MA_TEST_NMI; the global BPF allocator; \
+             CONFIG_BPF_GLOBAL_MA_DEBUG): 3 passed, 0 failed, 27 skipped, 0 crashed, 0 not run"
+        );
+        // The same results on a tree with the series fail, as any skip does.
+        let strict = judged_skips(&report, Skips::Fail, "console/clean_boot.log");
+        assert!(!strict.passed && strict.passed_but_skips, "{strict:?}");
+        assert_eq!(
+            strict.line,
+            "FAIL (results): 3 passed, 0 failed, 27 skipped, 0 crashed, 0 not run"
+        );
+        // A splat still fails it.
+        let splat = judged_skips(&report, Skips::ExpectLacking, "console/warn_on.log");
+        assert!(!splat.passed, "{splat:?}");
+        assert!(splat.line.starts_with("FAIL (1 splat(s)"), "{}", splat.line);
+    }
+
+    #[test]
+    fn on_a_tree_without_the_series_only_lacking_skips_are_expected() {
+        let other = ktap::parse(
+            "KTAP version 1\n1..3\nok 1 a\n\
+             ok 2 b # SKIP x missing: this kernel lacks struct y\n\
+             ok 3 c # SKIP needs at least 2 online CPUs\n",
+        );
+        let v = judged_skips(&other, Skips::ExpectLacking, "console/clean_boot.log");
+        assert!(!v.passed, "{v:?}");
+        assert_eq!(
+            v.line,
+            "FAIL (a skip that names nothing this kernel lacks): 1 passed, 0 failed, 2 \
+             skipped, 0 crashed, 0 not run"
+        );
+        // Nothing passed: not a verdict on the tree at all.
+        let none = ktap::parse("KTAP version 1\n1..1\nok 1 b # SKIP x: this kernel lacks y\n");
+        let v = judged_skips(&none, Skips::ExpectLacking, "console/clean_boot.log");
+        assert!(!v.passed, "{v:?}");
+        // A failure is a failure.
+        let failed =
+            ktap::parse("KTAP version 1\n1..2\nnot ok 1 a\nok 2 b # SKIP x: this kernel lacks y\n");
+        let v = judged_skips(&failed, Skips::ExpectLacking, "console/clean_boot.log");
+        assert!(!v.passed && !v.passed_but_skips, "{v:?}");
+        // No skip at all: the plain PASS.
+        let all = ktap::parse("KTAP version 1\n1..1\nok 1 a\n");
+        let v = judged_skips(&all, Skips::ExpectLacking, "console/clean_boot.log");
+        assert_eq!(
+            v.line,
+            "PASS: 1 passed, 0 failed, 0 skipped, 0 crashed, 0 not run"
+        );
+    }
+
+    #[test]
+    fn lacked_features_are_named_once_in_order() {
+        let report = ktap::parse(
+            "KTAP version 1\n1..4\nok 1 a # SKIP o: this kernel lacks struct x (added by s 1)\n\
+             ok 2 b # SKIP p: this kernel lacks CONFIG_Y\n\
+             ok 3 c # SKIP q: this kernel lacks struct x (added by s 1)\nok 4 d\n",
+        );
+        assert_eq!(
+            lacked_features(&report),
+            Some(vec!["struct x".to_string(), "CONFIG_Y".to_string()])
+        );
+        let other = ktap::parse("KTAP version 1\n1..1\nok 1 a # SKIP no reason\n");
+        assert_eq!(lacked_features(&other), None);
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub fn table(report: &Report, splats: &[Splat], problems: &[Problem]) {
             .duration_ms
             .map_or("-".to_string(), |ms| fmt_secs(Duration::from_millis(ms)));
         println!("{:<40} {:<8} {:>9}", t.name, t.status.name(), time);
+        if let Some(why) = &t.skip_reason {
+            println!("    SKIP {why}");
+        }
         if !matches!(t.status, Status::Passed) {
             for d in t.diagnostics.iter().take(10) {
                 println!("    # {d}");

@@ -4,11 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use rig_contract::lacks::{self, NotBuilt};
 
 use crate::context::{require_tool, Ctx};
 use crate::stages::cpio::{Archive, Entry};
 use crate::stages::hashing::{stamp_matches, write_stamp, Key};
 use crate::stages::kbuild::Kernel;
+use crate::stages::not_built;
+use crate::stages::patches::Series;
 use crate::stages::tree::Tree;
 use crate::sys::progress::Stage;
 
@@ -16,11 +19,17 @@ const CLANG: &str = "clang-16";
 
 pub struct Image {
     pub initramfs: PathBuf,
+    /// The BPF objects left out, and why (the guest's `not-built` list).
+    pub not_built: Vec<NotBuilt>,
+    /// Built for a `--tree` without the series: its selftests' skips for
+    /// what the kernel lacks are expected.
+    pub tree_lacks_series: bool,
 }
 
 /// How a BPF program that does not compile against this kernel's vmlinux.h
-/// is treated: an error in a normal run, left out (its selftests then skip)
-/// when check-series or bisect build a patch that predates its feature.
+/// is treated: an error on the pinned tree with the series, left out (its
+/// selftests then skip, with clang's reason) on a `--tree` and when
+/// check-series or bisect build a patch that predates its feature.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Progs {
     AllMustBuild,
@@ -29,7 +38,7 @@ pub enum Progs {
 
 pub fn build(ctx: &Ctx, tree: &Tree, kernel: &Kernel, progs: Progs) -> Result<Image> {
     let stage = Stage::start("image", "BPF objects, guest runner, initramfs");
-    let objects = bpf_objects(ctx, tree, kernel, progs)?;
+    let (objects, not_built) = bpf_objects(ctx, tree, kernel, progs)?;
     let runner = guest_runner(ctx)?;
     let list_path = ctx.repo.join("images/files");
     let list = std::fs::read_to_string(&list_path)
@@ -55,6 +64,13 @@ pub fn build(ctx: &Ctx, tree: &Tree, kernel: &Kernel, progs: Progs) -> Result<Im
                     let name = obj.file_name().unwrap().to_string_lossy();
                     add_file(&mut archive, &format!("{guest}/{name}"), obj)?;
                 }
+                archive.add(
+                    &format!("{guest}/{}", lacks::LIST),
+                    Entry::File {
+                        data: lacks::write_list(&not_built).into_bytes(),
+                        mode: 0o644,
+                    },
+                );
             }
             path => {
                 let src = if Path::new(path).is_absolute() {
@@ -74,13 +90,26 @@ pub fn build(ctx: &Ctx, tree: &Tree, kernel: &Kernel, progs: Progs) -> Result<Im
     std::fs::create_dir_all(&dir)?;
     let initramfs = dir.join("initramfs.cpio");
     let size = write_if_changed(&archive, &initramfs)?;
+    let left_out = if not_built.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", {} left out: {}",
+            not_built.len(),
+            kernel.build_dir.join(BPF_DIR).join(lacks::LIST).display()
+        )
+    };
     stage.done(&format!(
-        "{} ({} KiB, {} BPF object(s))",
+        "{} ({} KiB, {} BPF object(s){left_out})",
         initramfs.display(),
         size / 1024,
         objects.len()
     ));
-    Ok(Image { initramfs })
+    Ok(Image {
+        initramfs,
+        not_built,
+        tree_lacks_series: tree.series.lacks_series(),
+    })
 }
 
 /// The console device and the mount points `images/init` uses, plus `dirs`.
@@ -144,16 +173,26 @@ pub fn elf_has_interp(data: &[u8]) -> bool {
     (0..phnum).any(|i| rd(phoff + i * phentsize, 4) == 3)
 }
 
-/// vmlinux.h and bpf_helper_defs.h for this kernel, then each progs/*.bpf.c.
-fn bpf_objects(ctx: &Ctx, tree: &Tree, kernel: &Kernel, mode: Progs) -> Result<Vec<PathBuf>> {
+/// Where the compiled objects, their stamps and clang's logs live, in the
+/// kernel's build dir.
+const BPF_DIR: &str = "rig-bpf";
+
+/// vmlinux.h and bpf_helper_defs.h for this kernel, then each progs/*.bpf.c:
+/// the objects built, and those left out with their reasons.
+fn bpf_objects(
+    ctx: &Ctx,
+    tree: &Tree,
+    kernel: &Kernel,
+    mode: Progs,
+) -> Result<(Vec<PathBuf>, Vec<NotBuilt>)> {
     // clang 14 (Debian 12's default) drops btf_type_tag from BTF, so
     // `__kptr_ref` fields would silently lose their tag.
     require_tool(CLANG, "clang-16")?;
     require_tool("bpftool", "bpftool")?;
     require_tool("python3", "python3")?;
-    let out = kernel.build_dir.join("rig-bpf");
+    let out = kernel.build_dir.join(BPF_DIR);
     let inc = out.join("include");
-    std::fs::create_dir_all(&inc)?;
+    std::fs::create_dir_all(&inc).with_context(|| format!("creating {}", inc.display()))?;
     let stamp = inc.join(".key");
     if !stamp_matches(&stamp, &kernel.key) {
         let vmlinux_h = duct::cmd!(
@@ -168,7 +207,7 @@ fn bpf_objects(ctx: &Ctx, tree: &Tree, kernel: &Kernel, mode: Progs) -> Result<V
         .stdout_capture()
         .run()
         .with_context(|| format!("bpftool btf dump of {}", kernel.vmlinux.display()))?;
-        std::fs::write(inc.join("vmlinux.h"), vmlinux_h.stdout)?;
+        std::fs::write(inc.join("vmlinux.h"), vmlinux_h.stdout).context("writing vmlinux.h")?;
         let defs = duct::cmd!(
             "python3",
             tree.path.join("scripts/bpf_doc.py"),
@@ -179,7 +218,8 @@ fn bpf_objects(ctx: &Ctx, tree: &Tree, kernel: &Kernel, mode: Progs) -> Result<V
         .stdout_capture()
         .run()
         .context("generating bpf_helper_defs.h with the tree's scripts/bpf_doc.py")?;
-        std::fs::write(inc.join("bpf_helper_defs.h"), defs.stdout)?;
+        std::fs::write(inc.join("bpf_helper_defs.h"), defs.stdout)
+            .context("writing bpf_helper_defs.h")?;
         write_stamp(&stamp, &kernel.key)?;
     }
     let progs = ctx.repo.join("bpf-selftests/progs");
@@ -200,10 +240,14 @@ fn bpf_objects(ctx: &Ctx, tree: &Tree, kernel: &Kernel, mode: Progs) -> Result<V
         }
     }
     let headers = headers.finish();
-    let tools_inc = tree.path.join("tools/lib/bpf");
-    // bpf_tracing.h includes <bpf/bpf_helpers.h>.
-    let tools_lib = tree.path.join("tools/lib");
+    let compiler = Compiler {
+        inc,
+        tools_inc: tree.path.join("tools/lib/bpf"),
+        // bpf_tracing.h includes <bpf/bpf_helpers.h>.
+        tools_lib: tree.path.join("tools/lib"),
+    };
     let mut objects = Vec::new();
+    let mut failed = Vec::new();
     for src in sources {
         let stem = src
             .file_name()
@@ -214,49 +258,123 @@ fn bpf_objects(ctx: &Ctx, tree: &Tree, kernel: &Kernel, mode: Progs) -> Result<V
         let mut key = Key::new("bpf-object");
         key.str(CLANG).str(&headers).file(&src)?;
         let key = key.finish();
-        let obj_stamp = out.join(format!("{stem}.key"));
-        if !(obj.is_file() && stamp_matches(&obj_stamp, &key)) {
-            let res = duct::cmd!(
-                CLANG,
-                "-target",
-                "bpf",
-                "-O2",
-                "-g",
-                "-D__TARGET_ARCH_x86",
-                "-I",
-                &inc,
-                "-I",
-                &tools_inc,
-                "-I",
-                &tools_lib,
-                "-c",
-                &src,
-                "-o",
-                &obj
-            )
-            .stderr_to_stdout()
-            .stdout_capture()
-            .unchecked()
-            .run()
-            .context("running clang")?;
-            if !res.status.success() {
-                let log = String::from_utf8_lossy(&res.stdout);
-                if mode == Progs::LeaveOutFailures {
-                    let first = log.lines().find(|l| l.contains("error:")).unwrap_or("");
-                    eprintln!(
-                        "[image] note: {} does not build against this kernel, left out: {first}",
-                        src.display()
-                    );
-                    let _ = std::fs::remove_file(&obj);
-                    continue;
-                }
-                bail!("compiling {}:\n{}", src.display(), log.trim_end());
+        match compiler.object(&src, &obj, &out.join(&stem), &key)? {
+            Compiled::Built => objects.push(obj),
+            Compiled::Failed { log } if mode == Progs::LeaveOutFailures => {
+                let _ = std::fs::remove_file(&obj);
+                failed.push((format!("{stem}.bpf.o"), log));
             }
-            write_stamp(&obj_stamp, &key)?;
+            Compiled::Failed { log } => bail!(
+                "compiling {} (every BPF program builds on the pinned tree with the series, \
+                 so this is the program's fault):\n{}",
+                src.display(),
+                log.trim_end()
+            ),
         }
-        objects.push(obj);
     }
-    Ok(objects)
+    let not_built = explain_failures(ctx, &failed);
+    let list = out.join(lacks::LIST);
+    std::fs::write(&list, lacks::write_list(&not_built))
+        .with_context(|| format!("writing {}", list.display()))?;
+    Ok((objects, not_built))
+}
+
+/// The not-built entries, each said once on stderr with clang's first error.
+fn explain_failures(ctx: &Ctx, failed: &[(String, String)]) -> Vec<NotBuilt> {
+    if failed.is_empty() {
+        return Vec::new();
+    }
+    // Only to cite the patch that adds what is missing: a series that does
+    // not load leaves the reasons without it.
+    let series = Series::load(&ctx.repo, &ctx.common.series).ok();
+    let patches: Vec<(String, String)> = series
+        .iter()
+        .flat_map(|s| &s.patches)
+        .filter_map(|p| {
+            let name = p.file_name()?.to_string_lossy().into_owned();
+            Some((name, std::fs::read_to_string(p).ok()?))
+        })
+        .collect();
+    let name = series.map_or_else(String::new, |s| s.name);
+    failed
+        .iter()
+        .map(|(object, log)| {
+            let nb = not_built::explain(object, log, &name, &patches);
+            eprintln!("[image] left out {}", nb.reason);
+            if !nb.compiler.is_empty() {
+                eprintln!("[image]   clang: {}", nb.compiler);
+            }
+            nb
+        })
+        .collect()
+}
+
+/// What one compile came to.
+enum Compiled {
+    Built,
+    Failed { log: String },
+}
+
+/// clang with this kernel's headers.
+struct Compiler {
+    inc: PathBuf,
+    tools_inc: PathBuf,
+    tools_lib: PathBuf,
+}
+
+impl Compiler {
+    /// Compiles `src` to `obj` unless its stamp says `key` was built, or
+    /// failed with an error line, already; `base` names the stamps
+    /// (`.key`, `.failed-key`) and the log (`.log`).
+    fn object(&self, src: &Path, obj: &Path, base: &Path, key: &str) -> Result<Compiled> {
+        let with = |ext: &str| base.with_extension(ext);
+        let (built, failed, log_path) = (with("key"), with("failed-key"), with("log"));
+        if obj.is_file() && stamp_matches(&built, key) {
+            return Ok(Compiled::Built);
+        }
+        if stamp_matches(&failed, key) {
+            if let Ok(log) = std::fs::read_to_string(&log_path) {
+                return Ok(Compiled::Failed { log });
+            }
+        }
+        let res = duct::cmd!(
+            CLANG,
+            "-target",
+            "bpf",
+            "-O2",
+            "-g",
+            "-D__TARGET_ARCH_x86",
+            "-I",
+            &self.inc,
+            "-I",
+            &self.tools_inc,
+            "-I",
+            &self.tools_lib,
+            "-c",
+            src,
+            "-o",
+            obj
+        )
+        .stderr_to_stdout()
+        .stdout_capture()
+        .unchecked()
+        .run()
+        .context("running clang")?;
+        let log = String::from_utf8_lossy(&res.stdout).into_owned();
+        if res.status.success() {
+            let _ = std::fs::remove_file(&failed);
+            write_stamp(&built, key)?;
+            return Ok(Compiled::Built);
+        }
+        let _ = std::fs::remove_file(&built);
+        std::fs::write(&log_path, &log)
+            .with_context(|| format!("writing {}", log_path.display()))?;
+        // A compile cut short (a signal) is not remembered as the answer.
+        if not_built::first_error(&log).is_some() {
+            write_stamp(&failed, key)?;
+        }
+        Ok(Compiled::Failed { log })
+    }
 }
 
 /// The guest runner, linked statically (the guest has no libc).

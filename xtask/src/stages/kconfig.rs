@@ -25,17 +25,28 @@ pub struct Config {
 pub type Options = BTreeMap<String, Option<String>>;
 
 /// base, each `--config`, and the series' own `series.config` if it has one
-/// (named after the series; it does not get a build dir of its own).
-pub fn fragments(ctx: &Ctx) -> Result<Vec<(String, PathBuf)>> {
+/// (named after the series; it does not get a build dir of its own). A
+/// `--tree` gets `series.config` when it has the series, and the config
+/// stage says which it found.
+pub fn fragments(ctx: &Ctx, tree: &Tree) -> Result<Vec<(String, PathBuf)>> {
     let mut frags = named_fragments(ctx)?;
     // The kernel's suites run on the baseline and on the series with the
     // same config: the series' test options stay out.
-    if ctx.common.tree.is_none() && ctx.common.suite == crate::flags::Suite::Selftests {
-        let series = crate::stages::patches::Series::dir(&ctx.repo, &ctx.common.series)?;
-        let own = series.join("series.config");
-        if own.is_file() {
-            frags.push((SERIES_FRAGMENT.to_string(), own));
-        }
+    if ctx.common.suite != crate::flags::Suite::Selftests {
+        return Ok(frags);
+    }
+    let series = crate::stages::patches::Series::dir(&ctx.repo, &ctx.common.series)?;
+    let own = series.join("series.config");
+    let own = own.is_file().then_some(own);
+    let shown = own
+        .as_ref()
+        .map(|p| p.strip_prefix(&ctx.repo).unwrap_or(p).display().to_string());
+    let name = crate::stages::patches::series_name(&ctx.common.series);
+    if let Some(line) = tree.series.describe(&name, shown.as_deref()) {
+        eprintln!("[config] {line}");
+    }
+    if let Some(own) = own.filter(|_| tree.series.merges_series_config()) {
+        frags.push((SERIES_FRAGMENT.to_string(), own));
     }
     Ok(frags)
 }
@@ -164,7 +175,7 @@ pub enum Check {
 }
 
 pub fn configure(ctx: &Ctx, tree: &Tree, check: Check) -> Result<Config> {
-    let frags = fragments(ctx)?;
+    let frags = fragments(ctx, tree)?;
     let names: Vec<String> = frags.iter().map(|(n, _)| n.clone()).collect();
     let dir_names: Vec<&str> = names
         .iter()

@@ -10,5 +10,7 @@ pub mod image;
 pub mod kbuild;
 pub mod kconfig;
 pub mod make;
+pub mod not_built;
 pub mod patches;
+pub mod series_in_tree;
 pub mod tree;

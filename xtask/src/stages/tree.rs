@@ -11,6 +11,8 @@ use xshell::{cmd, Shell};
 use crate::context::{require_tool, Ctx};
 use crate::stages::archive;
 use crate::stages::hashing::sha256_file;
+use crate::stages::patches::Series;
+use crate::stages::series_in_tree::{self, SeriesInTree};
 use crate::sys::progress::Stage;
 
 pub const BASELINE_TAG: &str = "rig-baseline";
@@ -29,6 +31,8 @@ pub struct Tree {
     pub managed: bool,
     /// A short name for build dirs and reports.
     pub label: String,
+    /// Whether a `--tree` has the series (`Managed` for the pinned tree).
+    pub series: SeriesInTree,
 }
 
 impl KernelLock {
@@ -43,7 +47,7 @@ impl KernelLock {
 pub fn prepare(ctx: &Ctx) -> Result<Tree> {
     require_tool("git", "git")?;
     if let Some(user) = &ctx.common.tree {
-        return user_tree(user);
+        return user_tree(ctx, user);
     }
     let lock = KernelLock::load(&ctx.repo)?;
     let label = format!("linux-{}", lock.version);
@@ -63,6 +67,7 @@ pub fn prepare(ctx: &Ctx) -> Result<Tree> {
             path,
             managed: true,
             label,
+            series: SeriesInTree::Managed,
         });
     }
     let stage = Stage::start(
@@ -76,10 +81,11 @@ pub fn prepare(ctx: &Ctx) -> Result<Tree> {
         path,
         managed: true,
         label,
+        series: SeriesInTree::Managed,
     })
 }
 
-fn user_tree(user: &Path) -> Result<Tree> {
+fn user_tree(ctx: &Ctx, user: &Path) -> Result<Tree> {
     let path = user
         .canonicalize()
         .with_context(|| format!("--tree {}: no such directory", user.display()))?;
@@ -101,10 +107,14 @@ fn user_tree(user: &Path) -> Result<Tree> {
         .unwrap_or_else(|| "tree".into());
     let mut key = crate::stages::hashing::Key::new("user-tree");
     key.str(&path.to_string_lossy());
+    let series = Series::load(&ctx.repo, &ctx.common.series)?;
+    let series = series_in_tree::detect(&path, &series)
+        .with_context(|| format!("--tree {}: does it have the series?", path.display()))?;
     Ok(Tree {
         label: format!("{name}-{}", &key.finish()[..8]),
         path,
         managed: false,
+        series,
     })
 }
 

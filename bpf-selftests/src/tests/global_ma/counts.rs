@@ -23,6 +23,7 @@ use crate::sys::affinity;
 use crate::sys::bpf::{self, Pod};
 use crate::sys::cpu;
 use crate::sys::fdinfo::ProgGlobalMa;
+use rig_contract::lacks::lacks;
 
 const OBJECT: &str = "global_ma_counts";
 /// GMA_N3, GMA_N5, GMA_N7 in the BPF program.
@@ -248,10 +249,9 @@ pub fn global_ma_prog_counts(ctx: &Ctx<'_>) -> Result<Outcome> {
 /// pairs on one CPU; the allocator counts none of them.
 pub fn global_ma_zero_size(_ctx: &Ctx<'_>) -> Result<Outcome> {
     if !std::path::Path::new(kernel_bench::BENCH_PATH).exists() {
-        return Ok(Outcome::Skip(format!(
-            "{} missing: no allocator bench to allocate 0 bytes with \
-             (CONFIG_BPF_GLOBAL_MA_TEST_NMI)",
-            kernel_bench::BENCH_PATH
+        return Ok(Outcome::Skip(lacks(
+            &format!("{} missing", kernel_bench::BENCH_PATH),
+            "CONFIG_BPF_GLOBAL_MA_TEST_NMI (the allocator bench, to allocate 0 bytes with)",
         )));
     }
     let mut checks = Checks::new();
@@ -292,8 +292,9 @@ pub fn global_ma_prog_arg_refused(ctx: &Ctx<'_>) -> Result<Outcome> {
     // The object compiles against any vmlinux.h (it only names the struct);
     // without the kfunc its load fails for that reason instead.
     if !crate::sys::btf_tags::kernel_has_func(TESTOBJ_NEW)? {
-        return Ok(Outcome::Skip(format!(
-            "the kernel has no kfunc {TESTOBJ_NEW} (patch 0006 not applied)"
+        return Ok(Outcome::Skip(lacks(
+            &format!("no func {TESTOBJ_NEW} in /sys/kernel/btf/vmlinux"),
+            &format!("kfunc {TESTOBJ_NEW} (patch 0006)"),
         )));
     }
     let mut checks = Checks::new();

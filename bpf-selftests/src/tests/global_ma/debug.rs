@@ -37,10 +37,9 @@ fn bad_free() -> Result<u64> {
 
 pub fn global_ma_debug_bugs(ctx: &Ctx<'_>) -> Result<Outcome> {
     if !Path::new(INJECT_PATH).exists() || !Path::new(outstanding::PATH).exists() {
-        return Ok(Outcome::Skip(format!(
-            "{INJECT_PATH} or {} missing: no global allocator debug mode \
-             (CONFIG_BPF_GLOBAL_MA_DEBUG)",
-            outstanding::PATH
+        return Ok(Outcome::Skip(rig_contract::lacks::lacks(
+            &format!("{INJECT_PATH} or {} missing", outstanding::PATH),
+            "CONFIG_BPF_GLOBAL_MA_DEBUG (the global allocator's debug mode)",
         )));
     }
     let mut checks = Checks::new();

@@ -54,6 +54,7 @@ use crate::sys::btf_tags;
 use crate::sys::fdinfo::{self, ProgGlobalMa};
 use crate::sys::outstanding::{self, Outstanding};
 use crate::sys::stats::{self, Stats};
+use rig_contract::lacks::lacks;
 
 /// `GMA_MAGIC` in progs/global_ma.h: struct bpf_ma_testobj's magic.
 pub const MAGIC: u64 = 0x7473_6574_6170_6662;
@@ -62,22 +63,20 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Polling period of the stats file while waiting.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(2);
 
-/// A kernel without the global allocator (a patch of the series that
-/// predates it, checked by check-series or bisect) skips these tests; the
-/// host builds no object the kernel's BTF cannot compile, so that is
-/// checked too. A normal run fails on any skip.
+/// A kernel without the global allocator (a `--tree` without the series,
+/// or a patch of the series that predates it, checked by check-series or
+/// bisect) skips these tests. The object first: the host could not build
+/// it against this kernel's BTF when that lacks the series' types, and its
+/// reason names the type. A run on a tree with the series fails on any
+/// skip.
 pub fn missing_feature(ctx: &Ctx<'_>, object: &str) -> Option<Outcome> {
-    if !std::path::Path::new(stats::STATS_PATH).exists() {
-        return Some(Outcome::Skip(format!(
-            "{} missing: this kernel has no global BPF allocator",
-            stats::STATS_PATH
-        )));
+    if let Some(skip) = crate::objects::skip_if_not_built(ctx, object) {
+        return Some(skip);
     }
-    let path = bpf::object_path(&ctx.cfg.bpf_dir, object);
-    if !path.exists() {
-        return Some(Outcome::Skip(format!(
-            "{} was not built for this kernel (its types are not in vmlinux BTF)",
-            path.display()
+    if !std::path::Path::new(stats::STATS_PATH).exists() {
+        return Some(Outcome::Skip(lacks(
+            &format!("{} missing", stats::STATS_PATH),
+            "the global BPF allocator",
         )));
     }
     None

@@ -139,10 +139,9 @@ pub fn global_ma_debug_owner_gone(ctx: &Ctx<'_>) -> Result<Outcome> {
         return Ok(skip);
     }
     let Some(before) = outstanding::read()? else {
-        return Ok(Outcome::Skip(format!(
-            "{} missing: no global allocator debug mode \
-             (CONFIG_BPF_GLOBAL_MA_DEBUG)",
-            outstanding::PATH
+        return Ok(Outcome::Skip(rig_contract::lacks::lacks(
+            &format!("{} missing", outstanding::PATH),
+            "CONFIG_BPF_GLOBAL_MA_DEBUG (the global allocator's debug mode)",
         )));
     };
     let mut checks = Checks::new();

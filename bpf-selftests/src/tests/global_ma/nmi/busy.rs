@@ -39,8 +39,9 @@ pub fn global_ma_nmi_busy_free(ctx: &Ctx<'_>) -> Result<Outcome> {
         Err(skip) => return Ok(skip),
     };
     if !std::path::Path::new(BUSY_PATH).exists() {
-        return Ok(Outcome::Skip(format!(
-            "{BUSY_PATH} missing: this kernel's NMI source cannot make a free list busy"
+        return Ok(Outcome::Skip(rig_contract::lacks::lacks(
+            &format!("{BUSY_PATH} missing"),
+            "the NMI source's busy free list",
         )));
     }
     let a = cpus[0];

@@ -127,10 +127,9 @@ fn preflight(ctx: &Ctx<'_>) -> Result<std::result::Result<Vec<usize>, Outcome>> 
         return Ok(Err(skip));
     }
     if !nmi::available() {
-        return Ok(Err(Outcome::Skip(format!(
-            "{} missing: this kernel has no NMI test source \
-             (CONFIG_BPF_GLOBAL_MA_TEST_NMI)",
-            nmi::NMI_PATH
+        return Ok(Err(Outcome::Skip(rig_contract::lacks::lacks(
+            &format!("{} missing", nmi::NMI_PATH),
+            "CONFIG_BPF_GLOBAL_MA_TEST_NMI (the NMI test source)",
         ))));
     }
     let cpus = cpu::online_cpus()?;

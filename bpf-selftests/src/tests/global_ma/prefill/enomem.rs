@@ -35,10 +35,10 @@ pub fn global_ma_prefill_enomem(ctx: &Ctx<'_>) -> Result<Outcome> {
         return Ok(skip);
     }
     if !std::path::Path::new(fail_page_alloc::PATH).exists() {
-        return Ok(Outcome::Skip(format!(
-            "{} missing: this kernel has no page-allocation fault injection \
-             (CONFIG_FAIL_PAGE_ALLOC, CONFIG_FAULT_INJECTION_DEBUG_FS)",
-            fail_page_alloc::PATH
+        return Ok(Outcome::Skip(rig_contract::lacks::lacks(
+            &format!("{} missing", fail_page_alloc::PATH),
+            "CONFIG_FAIL_PAGE_ALLOC, CONFIG_FAULT_INJECTION_DEBUG_FS (page-allocation fault \
+             injection)",
         )));
     }
     let mut checks = Checks::new();

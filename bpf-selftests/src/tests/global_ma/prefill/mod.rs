@@ -56,6 +56,7 @@ use crate::sys::caches;
 use crate::sys::cpu::{self, MAX_CPUS};
 use crate::sys::reserve;
 use crate::sys::stats::Stats;
+use rig_contract::lacks::lacks;
 
 use snap::{snap, Snap};
 
@@ -101,9 +102,9 @@ pub(super) fn missing_reserves(ctx: &Ctx<'_>, object: &str) -> Result<Option<Out
         return Ok(Some(skip));
     }
     if !std::path::Path::new(caches::CACHES_PATH).exists() {
-        return Ok(Some(Outcome::Skip(format!(
-            "{} missing: this kernel has no per-CPU reserves",
-            caches::CACHES_PATH
+        return Ok(Some(Outcome::Skip(lacks(
+            &format!("{} missing", caches::CACHES_PATH),
+            "the global allocator's per-CPU reserves",
         ))));
     }
     Ok(reserve::probe()?.map(Outcome::Skip))
