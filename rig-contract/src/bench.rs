@@ -5,7 +5,8 @@
 //! ```
 //!
 //! with no spaces in keys or values (bpf-selftests/src/bench/alloc.rs lists
-//! the kinds and keys of `rig.bench=alloc`).
+//! the kinds and keys of `rig.bench=alloc`, bench/maploop.rs those of
+//! `rig.bench=maploop`).
 
 use std::collections::BTreeMap;
 

@@ -14,6 +14,7 @@
 
 mod alloc;
 pub mod kernel_bench;
+mod maploop;
 
 use anyhow::{bail, Result};
 
@@ -28,7 +29,11 @@ pub fn table(name: &str, cfg: &Config) -> Result<&'static [Test]> {
             alloc::Params::parse(&cfg.bench_params)?;
             Ok(alloc::TESTS)
         }
-        other => bail!("unknown benchmark rig.bench={other} (known: alloc)"),
+        "maploop" => {
+            maploop::Params::parse(&cfg.bench_params)?;
+            Ok(maploop::TESTS)
+        }
+        other => bail!("unknown benchmark rig.bench={other} (known: alloc, maploop)"),
     }
 }
 
@@ -58,5 +63,14 @@ mod tests {
     fn unknown_benchmark() {
         assert!(table("nope", &Config::default()).is_err());
         assert!(table("alloc", &Config::default()).is_ok());
+        assert!(table("maploop", &Config::default()).is_ok());
+        let cfg = Config {
+            bench_params: vec![("sizes".into(), "32".into())],
+            ..Config::default()
+        };
+        assert!(
+            table("maploop", &cfg).is_err(),
+            "alloc's words are not maploop's"
+        );
     }
 }
