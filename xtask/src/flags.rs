@@ -170,6 +170,12 @@ pub struct Common {
     /// the tree under test with kconfigs/kernel-suites.config added.
     #[arg(long, value_enum, default_value_t = Suite::Selftests)]
     pub suite: Suite,
+    /// Merge the series' own series.config into a `--tree` build too, after
+    /// base (the unpatched baseline of `bench alloc`, which must have the
+    /// series kernel's config; the options that tree does not define are
+    /// only reported, see Pipeline::baseline).
+    #[arg(skip)]
+    pub series_config: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,9 @@
 //! The stages in order, each built on the one before; every subcommand
 //! stops at the stage it names.
 
-use anyhow::Result;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
 
 use crate::context::Ctx;
 use crate::flags::Common;
@@ -9,9 +11,10 @@ use crate::stages::image::Image;
 use crate::stages::kbuild::Kernel;
 use crate::stages::patches::Series;
 use crate::stages::series_in_tree::SeriesInTree;
-use crate::stages::tree::Tree;
+use crate::stages::tree::{Tree, BASELINE_TAG};
 use crate::{
-    stages::image, stages::kbuild, stages::kconfig, stages::patches, stages::tree, sys::lock,
+    stages::baseline, stages::image, stages::kbuild, stages::kconfig, stages::patches,
+    stages::tree, sys::lock,
 };
 
 pub struct Pipeline {
@@ -19,6 +22,8 @@ pub struct Pipeline {
     /// Build the managed tree at whatever it has checked out (bisect steps).
     pub as_is: bool,
     pub check: crate::stages::kconfig::Check,
+    /// The name in reports and run dirs instead of the series' (the baseline).
+    pub name: Option<String>,
     _lock: Option<lock::WorkLock>,
 }
 
@@ -36,7 +41,19 @@ impl Pipeline {
             ctx,
             as_is: false,
             check: crate::stages::kconfig::Check::Strict,
+            name: None,
             _lock: lock,
+        })
+    }
+
+    /// The same pipeline with other flags, under this pipeline's work-dir lock.
+    fn with_common(&self, common: Common) -> Result<Pipeline> {
+        Ok(Pipeline {
+            ctx: Ctx::new(common)?,
+            as_is: self.as_is,
+            check: self.check,
+            name: None,
+            _lock: None,
         })
     }
 
@@ -45,17 +62,41 @@ impl Pipeline {
     pub fn with_configs(&self, extra: &[String]) -> Result<Pipeline> {
         let mut common = self.ctx.common.clone();
         common.configs.extend(extra.iter().cloned());
-        Ok(Pipeline {
-            ctx: Ctx::new(common)?,
-            as_is: self.as_is,
-            check: self.check,
-            _lock: None,
-        })
+        self.with_common(common)
+    }
+
+    /// The unpatched baseline's worktree (stages/baseline.rs) of this
+    /// pipeline's managed tree.
+    pub fn baseline_worktree(&self) -> Result<PathBuf> {
+        if self.ctx.common.tree.is_some() {
+            bail!("the baseline is the pinned tree's {BASELINE_TAG}; a --tree has none");
+        }
+        let tree = self.tree()?;
+        baseline::worktree(&tree.path)
+    }
+
+    /// The unpatched baseline built as this pipeline's series kernel is: the
+    /// same config fragments, the series' own series.config included (its
+    /// options the baseline does not define yet are only reported, as for
+    /// check-series), in a build dir of its own (`<tree>-baseline-<hash>-
+    /// base+series...`), under this pipeline's work-dir lock, named
+    /// `baseline` in reports. Its image needs a `Progs::Only` list: the
+    /// series' own BPF objects do not compile against it.
+    pub fn baseline(&self) -> Result<Pipeline> {
+        let mut common = self.ctx.common.clone();
+        common.tree = Some(self.baseline_worktree()?);
+        common.series_config = true;
+        let mut p = self.with_common(common)?;
+        p.check = kconfig::Check::Lenient;
+        p.name = Some("baseline".to_string());
+        Ok(p)
     }
 
     /// The series name in reports: `--tree` builds the user's tree as it is.
     pub fn series_name(&self) -> String {
-        if self.ctx.common.tree.is_some() {
+        if let Some(name) = &self.name {
+            name.clone()
+        } else if self.ctx.common.tree.is_some() {
             "user-tree".to_string()
         } else {
             patches::series_name(&self.ctx.common.series)
@@ -108,8 +149,13 @@ impl Pipeline {
     }
 
     pub fn imaged(&self) -> Result<(kconfig::Config, Kernel, Image)> {
+        self.imaged_with(self.progs())
+    }
+
+    /// The image with the BPF objects `progs` asks for.
+    pub fn imaged_with(&self, progs: image::Progs) -> Result<(kconfig::Config, Kernel, Image)> {
         let (tree, config, kernel) = self.built()?;
-        let image = image::build(&self.ctx, &tree, &kernel, self.progs())?;
+        let image = image::build(&self.ctx, &tree, &kernel, progs)?;
         Ok((config, kernel, image))
     }
 }

@@ -30,10 +30,14 @@ pub struct Image {
 /// is treated: an error on the pinned tree with the series, left out (its
 /// selftests then skip, with clang's reason) on a `--tree` and when
 /// check-series or bisect build a patch that predates its feature.
+/// A bench image holds only the objects its benchmarks load (`Only`, by
+/// file stem), each of which must build: `bench alloc`'s baseline kernel
+/// cannot compile the series' own.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Progs {
     AllMustBuild,
     LeaveOutFailures,
+    Only(&'static [&'static str]),
 }
 
 pub fn build(ctx: &Ctx, tree: &Tree, kernel: &Kernel, progs: Progs) -> Result<Image> {
@@ -240,6 +244,9 @@ fn bpf_objects(
         }
     }
     let headers = headers.finish();
+    if let Progs::Only(names) = mode {
+        sources = only(sources, names, &progs)?;
+    }
     let compiler = Compiler {
         inc,
         tools_inc: tree.path.join("tools/lib/bpf"),
@@ -377,6 +384,25 @@ impl Compiler {
     }
 }
 
+/// The sources of `Progs::Only(names)`: `<name>.bpf.c` for each name, in
+/// the order found, every one of them required.
+fn only(sources: Vec<PathBuf>, names: &[&str], dir: &Path) -> Result<Vec<PathBuf>> {
+    let stem = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().replace(".bpf.c", ""))
+    };
+    if let Some(n) = names
+        .iter()
+        .find(|n| !sources.iter().any(|p| stem(p).as_deref() == Some(**n)))
+    {
+        bail!("no {n}.bpf.c in {}", dir.display());
+    }
+    Ok(sources
+        .into_iter()
+        .filter(|p| stem(p).is_some_and(|s| names.contains(&s.as_str())))
+        .collect())
+}
+
 /// The guest runner, linked statically (the guest has no libc).
 pub fn guest_runner(ctx: &Ctx) -> Result<PathBuf> {
     let target_dir = ctx.repo.join("target/guest");
@@ -416,6 +442,21 @@ pub fn guest_runner(ctx: &Ctx) -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_keeps_the_named_objects_and_requires_each() {
+        use std::path::{Path, PathBuf};
+        let dir = Path::new("progs");
+        let srcs: Vec<PathBuf> = ["a.bpf.c", "bench_maploop.bpf.c", "b.bpf.c"]
+            .iter()
+            .map(|n| dir.join(n))
+            .collect();
+        let kept = super::only(srcs.clone(), &["bench_maploop"], dir).unwrap();
+        assert_eq!(kept, [dir.join("bench_maploop.bpf.c")]);
+        assert!(super::only(srcs.clone(), &[], dir).unwrap().is_empty());
+        let e = super::only(srcs, &["bench_maploop", "gone"], dir).unwrap_err();
+        assert_eq!(e.to_string(), "no gone.bpf.c in progs");
+    }
+
     #[test]
     fn tells_static_from_dynamic() {
         let own = std::fs::read("/proc/self/exe").unwrap();

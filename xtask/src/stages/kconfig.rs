@@ -24,10 +24,12 @@ pub struct Config {
 /// `None` means "is not set".
 pub type Options = BTreeMap<String, Option<String>>;
 
-/// base, each `--config`, and the series' own `series.config` if it has one
-/// (named after the series; it does not get a build dir of its own). A
-/// `--tree` gets `series.config` when it has the series, and the config
-/// stage says which it found.
+/// base, the series' own `series.config` if it has one (named after the
+/// series; it does not get a build dir of its own), then each `--config` in
+/// order, so that a fragment can override an option of the series'
+/// (kconfigs/gma-nodebug.config). A `--tree` gets `series.config` when it
+/// has the series, and the config stage says which it found; the baseline
+/// of `bench alloc` (Common::series_config) gets it although it has not.
 pub fn fragments(ctx: &Ctx, tree: &Tree) -> Result<Vec<(String, PathBuf)>> {
     let mut frags = named_fragments(ctx)?;
     // The kernel's suites run on the baseline and on the series with the
@@ -42,11 +44,21 @@ pub fn fragments(ctx: &Ctx, tree: &Tree) -> Result<Vec<(String, PathBuf)>> {
         .as_ref()
         .map(|p| p.strip_prefix(&ctx.repo).unwrap_or(p).display().to_string());
     let name = crate::stages::patches::series_name(&ctx.common.series);
-    if let Some(line) = tree.series.describe(&name, shown.as_deref()) {
+    let baseline = series_config_forced(ctx, tree);
+    if baseline {
+        if let Some(c) = &shown {
+            eprintln!(
+                "[config] the unpatched baseline of series {name}, configured as the series \
+                 kernel: {c} is merged right after base too; the options it adds that this \
+                 tree does not define are skipped"
+            );
+        }
+    } else if let Some(line) = tree.series.describe(&name, shown.as_deref()) {
         eprintln!("[config] {line}");
     }
-    if let Some(own) = own.filter(|_| tree.series.merges_series_config()) {
-        frags.push((SERIES_FRAGMENT.to_string(), own));
+    if let Some(own) = own.filter(|_| tree.series.merges_series_config() || baseline) {
+        // Right after base (named_fragments puts base first).
+        frags.insert(1, (SERIES_FRAGMENT.to_string(), own));
     }
     Ok(frags)
 }
@@ -177,14 +189,11 @@ pub enum Check {
 pub fn configure(ctx: &Ctx, tree: &Tree, check: Check) -> Result<Config> {
     let frags = fragments(ctx, tree)?;
     let names: Vec<String> = frags.iter().map(|(n, _)| n.clone()).collect();
-    let dir_names: Vec<&str> = names
-        .iter()
-        .map(String::as_str)
-        .filter(|n| *n != SERIES_FRAGMENT)
-        .collect();
-    let build_dir = ctx
-        .dir("build")?
-        .join(format!("{}-{}", tree.label, dir_names.join("+")));
+    let build_dir = ctx.dir("build")?.join(build_dir_name(
+        &tree.label,
+        &names,
+        series_config_forced(ctx, tree),
+    ));
     std::fs::create_dir_all(&build_dir)?;
     let mut key = Key::new("config");
     key.str(&kconfig_state(tree)?);
@@ -239,6 +248,25 @@ pub fn configure(ctx: &Ctx, tree: &Tree, check: Check) -> Result<Config> {
         names,
         hash: h.finish(),
     })
+}
+
+/// `<tree>-<fragments>`: a tree with the series always builds with the
+/// series' fragment, which is left out of its name; a tree without it that
+/// gets it anyway (`forced`: the baseline of `bench alloc`) says so, so
+/// that it never shares a build dir with the same tree built base only.
+fn build_dir_name(label: &str, names: &[String], forced: bool) -> String {
+    let dir_names: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != SERIES_FRAGMENT || forced)
+        .collect();
+    format!("{label}-{}", dir_names.join("+"))
+}
+
+/// A tree without the series that gets the series' fragment anyway (the
+/// baseline of `bench alloc`).
+fn series_config_forced(ctx: &Ctx, tree: &Tree) -> bool {
+    ctx.common.series_config && !tree.series.merges_series_config()
 }
 
 fn defined_in_tree(tree: &Tree, sym: &str) -> bool {
@@ -301,6 +329,7 @@ fn merge(ctx: &Ctx, tree: &Tree, build_dir: &Path, frags: &[(String, PathBuf)]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stages::series_in_tree::SeriesInTree;
 
     #[test]
     fn parses_set_unset_and_strings() {
@@ -326,6 +355,125 @@ mod tests {
                 "CONFIG_TMPFS=y (got: not set)",
                 "CONFIG_X=not set (got: y)",
             ]
+        );
+    }
+
+    fn ctx(args: &[&str]) -> Ctx {
+        let argv = ["cargo xtask", "config"].iter().chain(args);
+        let crate::flags::Cmd::Config(common) =
+            <crate::flags::Xtask as clap::Parser>::try_parse_from(argv)
+                .expect("parses")
+                .cmd
+        else {
+            panic!("not config")
+        };
+        Ctx {
+            repo: crate::context::repo_root(),
+            work: std::env::temp_dir(),
+            common,
+        }
+    }
+
+    fn tree(series: SeriesInTree) -> Tree {
+        Tree {
+            path: PathBuf::from("/nonexistent"),
+            managed: series == SeriesInTree::Managed,
+            label: "t".into(),
+            series,
+        }
+    }
+
+    fn managed() -> Tree {
+        tree(SeriesInTree::Managed)
+    }
+
+    fn plain() -> Tree {
+        tree(SeriesInTree::Absent {
+            options: vec!["CONFIG_BPF_GLOBAL_MA_TEST".into()],
+        })
+    }
+
+    fn names(ctx: &Ctx, t: &Tree) -> Vec<String> {
+        fragments(ctx, t)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    #[test]
+    fn the_series_fragment_comes_right_after_base() {
+        assert_eq!(names(&ctx(&[]), &managed()), ["base", "series"]);
+        // A --config fragment can override the series' options.
+        let c = ctx(&["--config", "gma-nodebug", "--config", "preempt"]);
+        assert_eq!(
+            names(&c, &managed()),
+            ["base", "series", "gma-nodebug", "preempt"]
+        );
+        let (_, path) = &fragments(&c, &managed()).unwrap()[1];
+        assert!(
+            path.ends_with("patches/global-ma/series.config"),
+            "{path:?}"
+        );
+        let applied = tree(SeriesInTree::Applied {
+            options: vec!["CONFIG_BPF_GLOBAL_MA_TEST".into()],
+        });
+        assert_eq!(names(&c, &applied)[1], "series");
+        // The kernel suites leave it out; so does a tree without the
+        // series, unless it stands for the series' baseline.
+        assert_eq!(
+            names(&ctx(&["--suite", "kernel"]), &managed()),
+            ["base", "kernel-suites"]
+        );
+        let mut t = ctx(&[]);
+        assert_eq!(names(&t, &plain()), ["base"]);
+        t.common.series_config = true;
+        assert!(series_config_forced(&t, &plain()));
+        assert!(!series_config_forced(&t, &managed()));
+        assert_eq!(names(&t, &plain()), ["base", "series"]);
+    }
+
+    #[test]
+    fn build_dirs_name_the_series_fragment_only_when_forced() {
+        let n = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            build_dir_name("linux-6.1", &n(&["base", "series", "gma-nodebug"]), false),
+            "linux-6.1-base+gma-nodebug"
+        );
+        assert_eq!(
+            build_dir_name("linux-6.1-baseline-0123abcd", &n(&["base", "series"]), true),
+            "linux-6.1-baseline-0123abcd-base+series"
+        );
+    }
+
+    #[test]
+    fn the_nodebug_fragment_turns_the_series_debug_mode_off() {
+        // What configure() requests: each fragment's options, later ones
+        // winning, so the "not set" line is what gets verified.
+        let c = ctx(&["--config", "gma-nodebug"]);
+        let mut requested = Options::new();
+        for (_, p) in fragments(&c, &managed()).unwrap() {
+            requested.extend(parse(&std::fs::read_to_string(p).unwrap()));
+        }
+        assert_eq!(requested["CONFIG_BPF_GLOBAL_MA_DEBUG"], None);
+        assert_eq!(
+            requested["CONFIG_BPF_GLOBAL_MA_TEST_NMI"].as_deref(),
+            Some("y"),
+            "the bench file stays"
+        );
+        let fin =
+            parse("CONFIG_BPF_GLOBAL_MA_TEST_NMI=y\n# CONFIG_BPF_GLOBAL_MA_DEBUG is not set\n");
+        let only: Options = requested
+            .into_iter()
+            .filter(|(k, _)| {
+                k.starts_with("CONFIG_BPF_GLOBAL_MA_DEBUG") || k.ends_with("_TEST_NMI")
+            })
+            .collect();
+        assert_eq!(dropped(&only, &fin), Vec::<String>::new());
+        let on = parse("CONFIG_BPF_GLOBAL_MA_TEST_NMI=y\nCONFIG_BPF_GLOBAL_MA_DEBUG=y\n");
+        assert_eq!(
+            dropped(&only, &on),
+            ["CONFIG_BPF_GLOBAL_MA_DEBUG=not set (got: y)"]
         );
     }
 

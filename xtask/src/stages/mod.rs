@@ -4,6 +4,7 @@
 //! artefact and skips itself when the content key of its inputs is unchanged.
 
 pub mod archive;
+pub mod baseline;
 pub mod cpio;
 pub mod hashing;
 pub mod image;

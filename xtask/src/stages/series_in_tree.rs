@@ -142,7 +142,7 @@ impl SeriesInTree {
     /// tree). `config` is the series' `series.config` when it has one.
     pub fn describe(&self, series: &str, config: Option<&str>) -> Option<String> {
         let merged = match config {
-            Some(c) => format!("{c} is merged after the fragments"),
+            Some(c) => format!("{c} is merged right after base"),
             None => format!("(series {series} has no series.config to merge)"),
         };
         Some(match self {
@@ -236,7 +236,7 @@ mod tests {
             .describe("s", cfg)
             .unwrap(),
             "--tree has series s: it defines CONFIG_A, CONFIG_B, the options the series adds; \
-             patches/s/series.config is merged after the fragments"
+             patches/s/series.config is merged right after base"
         );
         assert_eq!(
             SeriesInTree::Absent {

@@ -7,7 +7,7 @@ pub mod build;
 pub mod compare;
 mod image;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -61,8 +61,7 @@ pub fn run(f: TestFlags) -> Result<i32> {
     let series = half(&f.boot, None, &plan)?;
     let baseline = if f.baseline {
         let p = Pipeline::new(f.boot.common.clone())?;
-        let tree = p.tree()?;
-        let wt = baseline_worktree(&tree.path)?;
+        let wt = p.baseline_worktree()?;
         drop(p);
         Some(half(&f.boot, Some(wt), &plan)?)
     } else {
@@ -205,51 +204,4 @@ fn write_results(b: &Booted, passed_run: bool) -> Result<()> {
         },
     )?;
     crate::report::junit::write(&b.run_dir, &b.info, &b.report, &b.splats)
-}
-
-/// `<tree>-baseline`: a detached worktree of the managed tree at
-/// `rig-baseline`, built in a dir of its own, so that neither kernel's build
-/// is ever rebuilt for the other.
-fn baseline_worktree(managed: &Path) -> Result<PathBuf> {
-    let name = managed
-        .file_name()
-        .context("the managed tree has no name")?
-        .to_string_lossy()
-        .into_owned();
-    let wt = managed.with_file_name(format!("{name}-baseline"));
-    let git = |dir: &Path, args: &[&str]| -> Result<String> {
-        duct::cmd("git", args)
-            .dir(dir)
-            .stderr_to_stdout()
-            .read()
-            .with_context(|| format!("git {} in {}", args.join(" "), dir.display()))
-    };
-    let want = git(managed, &["rev-parse", "rig-baseline^{commit}"])?;
-    if !wt.join(".git").exists() {
-        eprintln!("[suites] baseline worktree {} (once)", wt.display());
-        git(
-            managed,
-            &[
-                "worktree",
-                "add",
-                "--detach",
-                &wt.display().to_string(),
-                "rig-baseline",
-            ],
-        )?;
-    }
-    let head = git(&wt, &["rev-parse", "HEAD"])?;
-    let dirty = git(&wt, &["status", "--porcelain", "--untracked-files=no"])?;
-    if !dirty.trim().is_empty() {
-        bail!(
-            "the baseline worktree {} has changes; it must stay at rig-baseline:\n{dirty}\n\
-             undo them with `git -C {} checkout -f rig-baseline`",
-            wt.display(),
-            wt.display()
-        );
-    }
-    if head.trim() != want.trim() {
-        git(&wt, &["checkout", "--detach", "rig-baseline"])?;
-    }
-    Ok(wt)
 }
