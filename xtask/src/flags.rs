@@ -118,6 +118,26 @@ pub struct BenchAllocFlags {
     /// for them with a BPF_MAP_TYPE_GLOBAL_MA_RESERVE map.
     #[arg(long, default_value_t = 1_000)]
     pub batch: u32,
+    /// Leave out the unpatched baseline kernel, and with it the map loop
+    /// (series vs baseline).
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Leave out the series kernel with the debug mode compiled out
+    /// (kconfigs/gma-nodebug.config).
+    #[arg(long)]
+    pub no_nodebug: bool,
+    /// Map loop: pairs of boots, baseline then series, interleaved.
+    #[arg(long, default_value_t = 3)]
+    pub maploop_boots: u32,
+    /// Map loop: timed runs in each boot, after one untimed warm-up run
+    /// (the boot's figure is their min).
+    #[arg(long, default_value_t = 5)]
+    pub maploop_runs: u32,
+    /// Map loop: hash map update+delete pairs per run (at most 2^23,
+    /// bpf_loop's limit; one run holds its CPU with preemption off, so keep
+    /// it well under the 21 s RCU stall limit under TCG).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub maploop_loops: u64,
 }
 
 #[derive(Args, Debug, Clone)]

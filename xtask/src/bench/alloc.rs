@@ -1,81 +1,161 @@
 //! `cargo xtask bench alloc`: the series' global allocator against kmalloc
 //! and 6.1's per-map bpf_mem_alloc, in process context and in NMI, and the
-//! prefill syscall, measured side by side in one guest boot.
+//! prefill syscall, measured side by side in one guest boot; the same with
+//! the debug mode compiled out; and 6.1's own per-map allocator, through a
+//! no-prealloc hash map, on the series kernel against the unpatched
+//! baseline over interleaved boots.
 //!
-//! The series kernel and image come from the pipeline as for `cargo xtask
-//! test`; the guest boots with `rig.bench=alloc` (and `rig.bench.<param>=`
-//! words), so its runner runs the benchmark tests of
-//! bpf-selftests/src/bench/alloc.rs instead of the selftests. The boot is
-//! judged like a test boot (commands::test::boot_and_judge: console splats,
-//! panics, timeouts, the run dir): a bench boot that is not a clean pass has
-//! no figures. The figures are the guest's `# bench:` lines in ktap.log; the
-//! table and bench-alloc.yaml go to the same run dir.
+//! Every kernel is built first (alloc/kernels.rs: series, nodebug,
+//! baseline), then the boots run back to back: the series kernel with
+//! `rig.bench=alloc`, the nodebug kernel with `rig.bench=alloc`, then
+//! `--maploop-boots` pairs of boots, baseline then series, with
+//! `rig.bench=maploop` (alloc/interleave.rs). Each boot is judged like a
+//! test boot (commands::test::boot_and_judge: console splats, panics,
+//! timeouts, its own run dir): a boot that is not a clean pass has no
+//! figures. The figures are the guest's `# bench:` lines in each ktap.log;
+//! the tables and bench-alloc.yaml go to the bench's own run dir
+//! (`runs/<time>-bench-alloc`).
+//!
+//! The series kernel's alloc boot is the bench's core: if the series kernel
+//! does not build or that boot fails, the bench stops (exit 2). A failure
+//! of the other kernels or boots leaves their part "not measured", the rest
+//! is reported, and the exit code is 2. A missed goal is not a failure.
 
+mod debug_modes;
 mod figures;
+mod interleave;
+mod kernels;
+mod maploop;
 mod summary;
+mod versus;
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use rig_contract::cmdline::Word;
 use serde::Serialize;
 
 use super::report::{self, N};
-use super::{kernel_yaml, KernelYaml, Machine, MachineYaml};
+use super::{kernel_yaml, point_latest_at, KernelYaml, Log, Machine, MachineYaml};
 use crate::commands::test;
 use crate::flags::BenchAllocFlags;
 use crate::judge::verdict::SnapshotMode;
 use crate::pipeline::Pipeline;
+use crate::report::results;
+use crate::sys::signals;
+use debug_modes::{Build, DebugModes, Side};
+use interleave::Kernel;
+use kernels::{Bench, BenchKernel, Role};
 use summary::Summary;
+use versus::{BootFigures, Versus};
 
 /// The kernel bench file's limits (patches/global-ma 0015).
 const MAX_LOOPS: u64 = 100_000_000;
 const MAX_BATCH: u32 = 65_536;
 const MAX_SIZE: u32 = 4088;
 
+/// One boot, for bench-alloc.yaml.
+#[derive(Serialize)]
+struct BootYaml {
+    boot: usize,
+    kernel: &'static str,
+    bench: &'static str,
+    cmdline: Vec<String>,
+    run_dir: String,
+}
+
+/// A part of the bench that may not have been measured.
+type Part<T> = Option<std::result::Result<T, String>>;
+
 pub fn run(f: BenchAllocFlags) -> Result<i32> {
     check(&f)?;
     let started = Instant::now();
+    let log = Log { start: started };
     let p = Pipeline::new(f.boot.common.clone())?;
-    let (config, kernel, image) = p.imaged()?;
-    let mut boot = f.boot.clone();
-    boot.append.extend(cmdline_words(&f));
-    eprintln!(
-        "[bench] alloc: {} run(s) of {} alloc+free per mode and size ({}), NMI batch {}",
-        f.runs,
-        f.loops,
-        sizes(&f.sizes),
-        f.batch
-    );
-    let built = test::Built {
-        config: &config,
-        kernel: &kernel,
-        image: &image,
+    let run_dir = results::new_run_dir(&p.ctx.work, "bench-alloc")?;
+    let maploop_boots = if f.no_baseline {
+        0
+    } else {
+        2 * f.maploop_boots
     };
-    let s = test::boot_and_judge(&p, &boot, built, SnapshotMode::Off, started)?;
-    let ktap_path = s.run_dir.join("ktap.log");
-    if !s.passed {
-        let mut why = vec![s.verdict.clone()];
-        why.extend(s.failing.iter().cloned());
-        if let Some(splat) = &s.first_splat {
-            why.push(format!("first splat:\n{splat}"));
+    log.say(&format!(
+        "alloc: run dir {}; kernels: series{}{}; boots: series alloc{}{}",
+        run_dir.display(),
+        if f.no_nodebug { "" } else { ", nodebug" },
+        if f.no_baseline { "" } else { ", baseline" },
+        if f.no_nodebug { "" } else { ", nodebug alloc" },
+        if f.no_baseline {
+            String::new()
+        } else {
+            format!(", {maploop_boots} map loop (baseline, series interleaved)")
         }
-        bail!(
-            "the bench boot did not pass, so it has no figures (run dir {}):\n{}",
-            s.run_dir.display(),
-            why.join("\n")
-        );
+    ));
+
+    // 1. Every kernel, before any boot.
+    let series = build(&p, Role::Series, &log)?;
+    let nodebug = if f.no_nodebug {
+        None
+    } else {
+        Some(part(build(&p, Role::NoDebug, &log), &log)?)
+    };
+    let baseline = if f.no_baseline {
+        None
+    } else {
+        Some(part(build(&p, Role::Baseline, &log), &log)?)
+    };
+
+    // 2. The boots.
+    let mut boots = Vec::new();
+    let alloc = Bench::Alloc(alloc_params(&f));
+    let fig = boot_alloc(&series, &f, &alloc, &log, &mut boots)?;
+    let nodebug_fig: Part<figures::Figures> = match &nodebug {
+        None => None,
+        Some(Err(e)) => Some(Err(e.clone())),
+        Some(Ok(k)) => Some(part(boot_alloc(k, &f, &alloc, &log, &mut boots), &log)?),
+    };
+    let versus = match &baseline {
+        None => None,
+        Some(b) => Some(maploop(&series, b.as_ref(), &f, &log, &mut boots)?),
+    };
+
+    // 3. Tables, goals, files.
+    let mut sum = Summary::new(&fig);
+    let modes = DebugModes {
+        sides: [
+            Some((Build::CompiledInOff, Side::Measured(&fig))),
+            nodebug_fig.as_ref().map(|r| {
+                (
+                    Build::CompiledOut,
+                    match r {
+                        Ok(f) => Side::Measured(f),
+                        Err(e) => Side::NotMeasured(e),
+                    },
+                )
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    };
+    sum.goals.extend(modes.goals());
+    if let Some(g) = versus.as_ref().and_then(Versus::goal) {
+        sum.goals.push(g);
     }
-    let text = std::fs::read_to_string(&ktap_path)
-        .with_context(|| format!("reading {}", ktap_path.display()))?;
-    let fig =
-        figures::parse(&text).with_context(|| format!("the figures in {}", ktap_path.display()))?;
-    let sum = Summary::new(&fig);
-    let table = sum.table();
+    let unmeasured = unmeasured(&nodebug_fig, versus.as_ref());
+    let text = tables(&sum, &modes, versus.as_ref(), &f, &unmeasured);
 
     let mut machine = Machine::probe();
-    machine.accel = s.accel.clone();
-    let yaml_path = s.run_dir.join("bench-alloc.yaml");
+    machine.accel = boots_accel(&boots);
+    let mut kernels = vec![kernel_yaml(
+        "series",
+        &series.config,
+        &series.kernel,
+        &series.image,
+    )];
+    for k in [&nodebug, &baseline].into_iter().flatten().flatten() {
+        kernels.push(kernel_yaml(k.role.name(), &k.config, &k.kernel, &k.image));
+    }
+    let yaml_path = run_dir.join("bench-alloc.yaml");
     report::write_yaml(
         &yaml_path,
         &AllocYaml {
@@ -84,20 +164,19 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
                 vcpus: f.boot.cpus,
                 memory: f.boot.memory(),
             },
-            kernel: kernel_yaml("bench", &config, &kernel, &image),
-            cmdline: cmdline_words(&f),
-            verdict: &s.verdict,
+            kernels,
+            boots: boots.iter().map(|(y, _)| y).collect(),
             figures: sum.yaml(),
+            global_vs_cache: modes.yaml(),
+            maploop: versus.as_ref().map(Versus::yaml),
+            not_measured: &unmeasured,
             bench_wall_s: N(started.elapsed().as_secs_f64()),
         },
     )?;
-    let table_path = s.run_dir.join("bench-alloc.txt");
-    let mut table_file = table.clone();
-    for n in sum.notes() {
-        table_file.push_str(&format!("note: {n}\n"));
-    }
-    std::fs::write(&table_path, &table_file)
+    let table_path = run_dir.join("bench-alloc.txt");
+    std::fs::write(&table_path, &text)
         .with_context(|| format!("writing {}", table_path.display()))?;
+    point_latest_at(&run_dir);
 
     println!();
     println!(
@@ -111,15 +190,12 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
         f.boot.memory()
     );
     println!(
-        "one guest boot ({}), thread pinned to CPU {}; one op = one alloc + its free; \
-         {} per figure, {} run(s) after a warm-up; ratio = ours / kmalloc",
-        kernel.release, fig.setup.cpu, f.loops, fig.setup.reps
+        "series kernel {}, thread pinned to CPU {}; allocator bench: one boot per kernel, one \
+         op = one alloc + its free, {} per figure, {} run(s) after a warm-up",
+        series.kernel.release, fig.setup.cpu, f.loops, fig.setup.reps
     );
     println!();
-    print!("{table}");
-    for n in sum.notes() {
-        println!("note: {n}");
-    }
+    print!("{text}");
     let missed: Vec<&str> = sum
         .goals
         .iter()
@@ -127,20 +203,256 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
         .map(|g| g.key.as_str())
         .collect();
     report::print_missed(&missed);
-    println!("figures: {}", yaml_path.display());
-    // A benchmark reports: a missed goal is not a failure.
-    Ok(0)
+    println!(
+        "figures: {} (and {})",
+        yaml_path.display(),
+        table_path.display()
+    );
+    log.say("alloc: done");
+    // A benchmark reports: a missed goal is not a failure, a part that could
+    // not be measured is.
+    Ok(if unmeasured.is_empty() { 0 } else { 2 })
+}
+
+/// A step whose failure leaves its part not measured: Err(why), said at
+/// once. An interrupt ends the bench instead.
+fn part<T>(r: Result<T>, log: &Log) -> Result<std::result::Result<T, String>> {
+    match r {
+        Ok(x) => Ok(Ok(x)),
+        Err(e) => {
+            signals::check()?;
+            let why = format!("{e:#}");
+            log.say(&format!("not measured: {why}"));
+            Ok(Err(why))
+        }
+    }
+}
+
+fn build(p: &Pipeline, role: Role, log: &Log) -> Result<BenchKernel> {
+    log.say(&format!("building {}", role.describe()));
+    let t = Instant::now();
+    let k = kernels::build(p, role)?;
+    log.say(&format!(
+        "{} kernel {} ready in {} ({})",
+        role.name(),
+        k.kernel.release,
+        crate::sys::progress::fmt_secs(t.elapsed()),
+        k.config.build_dir.display()
+    ));
+    Ok(k)
+}
+
+/// Boots `k` with the guest words of `bench` (and the flags' `--append`
+/// words), judges the boot like a test boot, and returns its ktap.log text.
+fn boot(
+    k: &BenchKernel,
+    f: &BenchAllocFlags,
+    bench: &Bench,
+    what: &str,
+    log: &Log,
+    boots: &mut Vec<(BootYaml, String)>,
+) -> Result<String> {
+    let words = kernels::words(k.role, bench);
+    let n = boots.len() + 1;
+    log.say(&format!("boot {n}: {what} on the {} kernel", k.role.name()));
+    let mut flags = f.boot.clone();
+    flags.append.extend(words.iter().cloned());
+    let t = Instant::now();
+    let s = test::boot_and_judge(&k.p, &flags, k.built(), SnapshotMode::Off, t)?;
+    boots.push((
+        BootYaml {
+            boot: n,
+            kernel: k.role.name(),
+            bench: match bench {
+                Bench::Alloc(_) => "alloc",
+                Bench::Maploop { .. } => "maploop",
+            },
+            cmdline: words,
+            run_dir: s.run_dir.display().to_string(),
+        },
+        s.accel.clone(),
+    ));
+    log.say(&format!(
+        "boot {n}: {} in {} (run dir {})",
+        if s.passed { "passed" } else { "FAILED" },
+        crate::sys::progress::fmt_secs(t.elapsed()),
+        s.run_dir.display()
+    ));
+    if !s.passed {
+        let mut why = vec![s.verdict.clone()];
+        why.extend(s.failing.iter().cloned());
+        if let Some(splat) = &s.first_splat {
+            why.push(format!("first splat:\n{splat}"));
+        }
+        bail!(
+            "boot {n} ({what}, {} kernel) did not pass, so it has no figures (run dir {}):\n{}",
+            k.role.name(),
+            s.run_dir.display(),
+            why.join("\n")
+        );
+    }
+    let ktap_path = s.run_dir.join("ktap.log");
+    std::fs::read_to_string(&ktap_path).with_context(|| format!("reading {}", ktap_path.display()))
+}
+
+fn boot_alloc(
+    k: &BenchKernel,
+    f: &BenchAllocFlags,
+    bench: &Bench,
+    log: &Log,
+    boots: &mut Vec<(BootYaml, String)>,
+) -> Result<figures::Figures> {
+    let text = boot(k, f, bench, "the allocator bench", log, boots)?;
+    figures::parse(&text).with_context(|| {
+        format!(
+            "the figures of the {} kernel's alloc boot (boot {})",
+            k.role.name(),
+            boots.len()
+        )
+    })
+}
+
+/// The interleaved map-loop boots; the first boot that fails (or a baseline
+/// that did not build) ends the measurement, keeping what it has.
+fn maploop(
+    series: &BenchKernel,
+    baseline: std::result::Result<&BenchKernel, &String>,
+    f: &BenchAllocFlags,
+    log: &Log,
+    boots: &mut Vec<(BootYaml, String)>,
+) -> Result<Versus> {
+    let mut v = Versus {
+        boots: Vec::new(),
+        pairs: f.maploop_boots,
+        runs: f.maploop_runs,
+        loops: f.maploop_loops,
+        not_measured: None,
+    };
+    let baseline = match baseline {
+        Ok(b) => b,
+        Err(e) => {
+            v.not_measured = Some(e.clone());
+            return Ok(v);
+        }
+    };
+    let bench = Bench::Maploop {
+        loops: f.maploop_loops,
+        reps: f.maploop_runs,
+    };
+    let order = interleave::order(f.maploop_boots);
+    for (i, slot) in order.iter().enumerate() {
+        let k = match slot.kernel {
+            Kernel::Baseline => baseline,
+            Kernel::Series => series,
+        };
+        let what = format!(
+            "map loop {}/{} (pair {} of {})",
+            i + 1,
+            order.len(),
+            slot.pair,
+            f.maploop_boots
+        );
+        let r = boot(k, f, &bench, &what, log, boots).and_then(|text| {
+            maploop::parse(&text).with_context(|| format!("the figures of {what}"))
+        });
+        match part(r, log)? {
+            Ok(b) => {
+                if b.setup.loops != f.maploop_loops || b.setup.reps != f.maploop_runs {
+                    v.not_measured = Some(format!(
+                        "{what}: the guest ran {:?}, not what was asked for",
+                        b.setup
+                    ));
+                    break;
+                }
+                v.boots.push(BootFigures {
+                    slot: *slot,
+                    run_dir: boots
+                        .last()
+                        .map_or_else(PathBuf::new, |(y, _)| PathBuf::from(&y.run_dir)),
+                    ns_per_pair: b.ns_per_pair,
+                });
+            }
+            Err(e) => {
+                v.not_measured = Some(e);
+                break;
+            }
+        }
+    }
+    Ok(v)
+}
+
+/// "part: why" for every part that could not be measured.
+fn unmeasured(nodebug: &Part<figures::Figures>, versus: Option<&Versus>) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(Err(e)) = nodebug {
+        v.push(format!("nodebug: {e}"));
+    }
+    if let Some(e) = versus.and_then(|v| v.not_measured.as_ref()) {
+        v.push(format!("maploop: {e}"));
+    }
+    v
+}
+
+/// Everything the bench prints after its boots (and bench-alloc.txt).
+fn tables(
+    sum: &Summary<'_>,
+    modes: &DebugModes<'_>,
+    versus: Option<&Versus>,
+    f: &BenchAllocFlags,
+    unmeasured: &[String],
+) -> String {
+    let mut t = String::new();
+    t.push_str("series kernel, debug mode compiled in and off; ratio = ours / kmalloc\n\n");
+    t.push_str(&sum.table());
+    for n in sum.notes() {
+        t.push_str(&format!("note: {n}\n"));
+    }
+    t.push_str(
+        "\nglobal allocator vs 6.1's per-size cache, by debug build (ratio = global / cache)\n\n",
+    );
+    t.push_str(&modes.table());
+    if f.no_nodebug {
+        t.push_str("(debug compiled out: not asked for, --no-nodebug)\n");
+    }
+    t.push('\n');
+    match versus {
+        None => t.push_str("map loop: not asked for (--no-baseline)\n"),
+        Some(v) => {
+            t.push_str(
+                "map loop: 6.1's per-map allocator (no-prealloc hash map), series vs unpatched \
+                 baseline; per boot the min of its runs, per kernel min / median of the boots; \
+                 ratio = median(series) / median(baseline), spread = per-pair ratios\n\n",
+            );
+            t.push_str(&v.table());
+            t.push('\n');
+            t.push_str(&v.boots_table());
+        }
+    }
+    for u in unmeasured {
+        t.push_str(&format!("not measured: {u}\n"));
+    }
+    t
+}
+
+/// The accelerator of the boots (they all choose the same way).
+fn boots_accel(boots: &[(BootYaml, String)]) -> String {
+    let mut names: Vec<&str> = boots.iter().map(|(_, a)| a.as_str()).collect();
+    names.dedup();
+    names.join(",")
 }
 
 /// bench-alloc.yaml.
 #[derive(Serialize)]
 struct AllocYaml<'a> {
     machine: AllocMachineYaml<'a>,
-    kernel: KernelYaml,
-    cmdline: Vec<String>,
-    verdict: &'a str,
+    kernels: Vec<KernelYaml>,
+    boots: Vec<&'a BootYaml>,
+    /// The series kernel's alloc boot, and every goal.
     #[serde(flatten)]
     figures: summary::FiguresYaml<'a>,
+    global_vs_cache: Vec<debug_modes::BuildYaml<'a>>,
+    maploop: Option<versus::MaploopYaml<'a>>,
+    not_measured: &'a [String],
     bench_wall_s: N,
 }
 
@@ -152,17 +464,13 @@ struct AllocMachineYaml<'a> {
     memory: String,
 }
 
-/// The guest's `rig.bench` words for these flags.
-fn cmdline_words(f: &BenchAllocFlags) -> Vec<String> {
+/// The `rig.bench.<param>` values of the allocator bench.
+fn alloc_params(f: &BenchAllocFlags) -> Vec<(String, String)> {
     vec![
-        // The series' test config builds the allocator's debug mode, whose
-        // checks would be timed too (patches/global-ma 0016).
-        "bpf_global_ma_debug=0".into(),
-        Word::Bench("alloc".into()).word(),
-        Word::BenchParam("sizes".into(), sizes(&f.sizes)).word(),
-        Word::BenchParam("reps".into(), f.runs.to_string()).word(),
-        Word::BenchParam("loops".into(), f.loops.to_string()).word(),
-        Word::BenchParam("batch".into(), f.batch.to_string()).word(),
+        ("sizes".into(), sizes(&f.sizes)),
+        ("reps".into(), f.runs.to_string()),
+        ("loops".into(), f.loops.to_string()),
+        ("batch".into(), f.batch.to_string()),
     ]
 }
 
@@ -170,7 +478,8 @@ fn sizes(s: &[u32]) -> String {
     s.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
-/// The flags against the kernel bench file's limits, before any build.
+/// The flags against the kernel bench file's and bpf_loop's limits,
+/// before any build.
 fn check(f: &BenchAllocFlags) -> Result<()> {
     if f.boot.filter.is_some() {
         bail!("--filter does not apply to bench alloc (it runs all its parts)");
@@ -186,6 +495,24 @@ fn check(f: &BenchAllocFlags) -> Result<()> {
     }
     if f.batch == 0 || f.batch > MAX_BATCH || !f.loops.is_multiple_of(u64::from(f.batch)) {
         bail!("--batch must be 1..={MAX_BATCH} and divide --loops");
+    }
+    if f.maploop_boots == 0 {
+        bail!("--maploop-boots must be at least 1 (--no-baseline leaves the map loop out)");
+    }
+    if f.maploop_runs == 0 {
+        bail!("--maploop-runs must be at least 1");
+    }
+    if f.maploop_loops == 0 || f.maploop_loops > maploop::MAX_LOOPS {
+        bail!(
+            "--maploop-loops must be 1..={} (bpf_loop's limit)",
+            maploop::MAX_LOOPS
+        );
+    }
+    if f.boot.common.tree.is_some() && !f.no_baseline {
+        bail!(
+            "the map loop compares the series with the pinned tree's baseline; with --tree, \
+             add --no-baseline"
+        );
     }
     Ok(())
 }
@@ -213,7 +540,7 @@ mod tests {
     fn defaults_and_guest_words() {
         let f = flags(&[]);
         assert_eq!(
-            cmdline_words(&f),
+            kernels::words(Role::Series, &Bench::Alloc(alloc_params(&f))),
             vec![
                 "bpf_global_ma_debug=0",
                 "rig.bench=alloc",
@@ -223,12 +550,22 @@ mod tests {
                 "rig.bench.batch=1000",
             ]
         );
+        assert!(
+            !f.no_baseline && !f.no_nodebug,
+            "everything runs by default"
+        );
+        assert_eq!(
+            (f.maploop_boots, f.maploop_runs, f.maploop_loops),
+            (3, 5, 1_000_000)
+        );
         assert!(check(&f).is_ok());
         let f = flags(&[
             "--sizes", "8,64", "--runs", "3", "--loops", "1000", "--batch", "10",
         ]);
-        assert_eq!(cmdline_words(&f)[2], "rig.bench.sizes=8,64");
+        assert_eq!(alloc_params(&f)[0].1, "8,64");
         assert!(check(&f).is_ok());
+        let f = flags(&["--no-baseline", "--no-nodebug", "--maploop-boots", "5"]);
+        assert!(f.no_baseline && f.no_nodebug && f.maploop_boots == 5);
     }
 
     #[test]
@@ -241,8 +578,102 @@ mod tests {
             &["--batch", "3"],
             &["--batch", "70000", "--loops", "7000000"],
             &["--filter", "x"],
+            &["--maploop-boots", "0"],
+            &["--maploop-runs", "0"],
+            &["--maploop-loops", "0"],
+            &["--maploop-loops", "8388609"],
+            &["--tree", "/tmp"],
         ] {
             assert!(check(&flags(bad)).is_err(), "{bad:?}");
         }
+        assert!(check(&flags(&["--tree", "/tmp", "--no-baseline"])).is_ok());
+    }
+
+    #[test]
+    fn the_yaml_has_every_part() {
+        let text = std::fs::read_to_string(
+            crate::context::repo_root().join("test_data/bench/alloc-ktap.log"),
+        )
+        .unwrap();
+        let fig = figures::parse(&text).unwrap();
+        let mut sum = Summary::new(&fig);
+        let modes = DebugModes {
+            sides: vec![
+                (Build::CompiledInOff, Side::Measured(&fig)),
+                (Build::CompiledOut, Side::NotMeasured("did not build")),
+            ],
+        };
+        sum.goals.extend(modes.goals());
+        let v = Versus {
+            boots: Vec::new(),
+            pairs: 3,
+            runs: 5,
+            loops: 1000,
+            not_measured: Some("baseline did not build".into()),
+        };
+        let machine = Machine {
+            kernel: "6.1".into(),
+            cpu: "cpu".into(),
+            cores: 2,
+            qemu: "QEMU".into(),
+            accel: "tcg".into(),
+            vng: None,
+        };
+        let boot = BootYaml {
+            boot: 1,
+            kernel: "series",
+            bench: "alloc",
+            cmdline: vec!["rig.bench=alloc".into()],
+            run_dir: "runs/x".into(),
+        };
+        let not = vec!["maploop: baseline did not build".to_string()];
+        let y = crate::report::results::to_yaml(&AllocYaml {
+            machine: AllocMachineYaml {
+                machine: machine.yaml(),
+                vcpus: 4,
+                memory: "1G".into(),
+            },
+            kernels: Vec::new(),
+            boots: vec![&boot],
+            figures: sum.yaml(),
+            global_vs_cache: modes.yaml(),
+            maploop: Some(v.yaml()),
+            not_measured: &not,
+            bench_wall_s: N(1.0),
+        })
+        .unwrap();
+        for key in [
+            "machine:\n  host_kernel:",
+            "\n  vcpus: 4\n",
+            "\nboots:\n",
+            "\nguest:\n",
+            "\nsizes:\n",
+            "\ngoals:\n",
+            "key: global_vs_cache_32\n",
+            "\nglobal_vs_cache:\n",
+            "\nmaploop:\n",
+            "  not_measured: baseline did not build\n",
+            "\nnot_measured:\n- 'maploop: baseline did not build'\n",
+        ] {
+            assert!(y.contains(key), "{key:?} in\n{y}");
+        }
+    }
+
+    #[test]
+    fn unmeasured_parts_are_named() {
+        let none: Part<figures::Figures> = None;
+        assert!(unmeasured(&none, None).is_empty());
+        let failed: Part<figures::Figures> = Some(Err("build failed".into()));
+        let v = Versus {
+            boots: Vec::new(),
+            pairs: 3,
+            runs: 5,
+            loops: 1000,
+            not_measured: Some("boot 4 did not pass".into()),
+        };
+        assert_eq!(
+            unmeasured(&failed, Some(&v)),
+            ["nodebug: build failed", "maploop: boot 4 did not pass"]
+        );
     }
 }

@@ -15,8 +15,9 @@
 //! The work-dir lock is held for the whole bench (the edit in step 3 must
 //! never be seen by another run); the `cargo xtask test` children run under it.
 //!
-//! `cargo xtask bench alloc` (bench/alloc.rs) measures the allocator itself,
-//! in one guest boot.
+//! `cargo xtask bench alloc` (bench/alloc.rs) measures the allocator itself
+//! in guest boots of the series kernel, of the series with its debug mode
+//! compiled out, and (the map loop) of the unpatched baseline.
 
 mod alloc;
 mod boot;

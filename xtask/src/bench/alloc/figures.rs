@@ -128,14 +128,14 @@ impl Figures {
 }
 
 /// One `bench: <kind> k=v ...` line.
-struct Line<'a> {
+pub(super) struct Line<'a> {
     text: &'a str,
-    kind: &'a str,
-    fields: BTreeMap<&'a str, &'a str>,
+    pub kind: &'a str,
+    pub fields: BTreeMap<&'a str, &'a str>,
 }
 
 impl<'a> Line<'a> {
-    fn parse(text: &'a str) -> Result<Line<'a>> {
+    pub fn parse(text: &'a str) -> Result<Line<'a>> {
         let f = rig_contract::bench::parse(text)?;
         Ok(Line {
             text,
@@ -144,14 +144,14 @@ impl<'a> Line<'a> {
         })
     }
 
-    fn str(&self, k: &str) -> Result<&'a str> {
+    pub fn str(&self, k: &str) -> Result<&'a str> {
         self.fields
             .get(k)
             .copied()
             .with_context(|| format!("no {k}= in `bench: {}`", self.text))
     }
 
-    fn num<T: FromStr>(&self, k: &str) -> Result<T>
+    pub fn num<T: FromStr>(&self, k: &str) -> Result<T>
     where
         T::Err: std::error::Error + Send + Sync + 'static,
     {
@@ -159,6 +159,28 @@ impl<'a> Line<'a> {
         v.parse()
             .with_context(|| format!("{k}={v} in `bench: {}` is not a number", self.text))
     }
+}
+
+/// The diagnostics of bench test `name`, which must have passed (a failed
+/// or crashed test has no figures to trust).
+pub(super) fn passed_test<'r>(report: &'r ktap::Report, name: &str) -> Result<&'r [String]> {
+    let t = report
+        .tests
+        .iter()
+        .find(|t| t.name == name)
+        .with_context(|| format!("the guest reported no KTAP test {name}"))?;
+    if t.status != Status::Passed {
+        let last: Vec<&str> = t
+            .diagnostics
+            .iter()
+            .rev()
+            .take(3)
+            .rev()
+            .map(|d| d.as_str())
+            .collect();
+        bail!("{name} {}: {}", t.status.name(), last.join(" | "));
+    }
+    Ok(&t.diagnostics)
 }
 
 /// The figures in a bench boot's ktap.log. Every bench test must have
@@ -170,23 +192,7 @@ pub fn parse(ktap_log: &str) -> Result<Figures> {
     let mut prefills = Vec::new();
     let mut refusals = Vec::new();
     for name in TESTS {
-        let t = report
-            .tests
-            .iter()
-            .find(|t| t.name == name)
-            .with_context(|| format!("the guest reported no KTAP test {name}"))?;
-        if t.status != Status::Passed {
-            let last: Vec<&str> = t
-                .diagnostics
-                .iter()
-                .rev()
-                .take(3)
-                .rev()
-                .map(|d| d.as_str())
-                .collect();
-            bail!("{name} {}: {}", t.status.name(), last.join(" | "));
-        }
-        for d in &t.diagnostics {
+        for d in passed_test(&report, name)? {
             let Some(text) = rig_contract::bench::strip(d) else {
                 continue;
             };
