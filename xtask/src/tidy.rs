@@ -242,3 +242,33 @@ fn debug_fragment_is_the_union_of_its_parts() {
         problems.join("\n  ")
     );
 }
+
+/// Every patch a series file lists exists: a series that names another
+/// by relative path (test_data/series/suites-planted) must follow renames.
+#[test]
+fn series_files_name_existing_patches() {
+    let mut dirs: Vec<PathBuf> = vec![repo().join("patches/global-ma")];
+    for e in std::fs::read_dir(repo().join("test_data/series")).unwrap() {
+        dirs.push(e.unwrap().path());
+    }
+    let mut missing = Vec::new();
+    for dir in dirs {
+        let series = dir.join("series");
+        let Ok(text) = std::fs::read_to_string(&series) else {
+            continue;
+        };
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if !dir.join(line).is_file() {
+                missing.push(format!("{}: {line}", rel(&series)));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "series files name patches that do not exist:\n{}",
+        missing.join("\n")
+    );
+}
