@@ -23,6 +23,7 @@ use crate::sys::affinity;
 use crate::sys::bpf::{self, Pod};
 use crate::sys::cpu;
 use crate::sys::fdinfo::ProgGlobalMa;
+use crate::sys::stats::{self, Stats};
 use rig_contract::lacks::lacks;
 
 const OBJECT: &str = "global_ma_counts";
@@ -270,6 +271,79 @@ pub fn global_ma_zero_size(_ctx: &Ctx<'_>) -> Result<Outcome> {
     checks.eq("failed allocations of 0 bytes", 0, m.fails);
     let end = read_stats(&mut checks)?;
     expect_deltas(&mut checks, "0-byte pairs", &start, &end, &[]);
+    finish(&mut checks, (), &start)?;
+    checks.finish()?;
+    Ok(Outcome::Pass)
+}
+
+/// Pairs each half of global_ma_counting_off makes.
+const COUNTING_PAIRS: u64 = 1000;
+
+/// The fast path counts allocs and frees only while BPF stats are enabled
+/// (patch 0004): with kernel.bpf_stats_enabled 0, 1000 alloc+free pairs
+/// on one CPU leave its alloc and free where they were and the total line
+/// says `counting 0`; turned back on, the same 1000 pairs count exactly.
+pub fn global_ma_counting_off(_ctx: &Ctx<'_>) -> Result<Outcome> {
+    if !std::path::Path::new(kernel_bench::BENCH_PATH).exists() {
+        return Ok(Outcome::Skip(lacks(
+            &format!("{} missing", kernel_bench::BENCH_PATH),
+            "CONFIG_BPF_GLOBAL_MA_TEST_NMI (the allocator bench, to allocate with)",
+        )));
+    }
+    if Stats::read()?.counting.is_none() {
+        return Ok(Outcome::Skip(lacks(
+            &format!("no `counting` field in {}", stats::STATS_PATH),
+            "counting gated by BPF stats (patch 0004)",
+        )));
+    }
+    let mut checks = Checks::new();
+    let start = quiet_stats(&mut checks)?;
+    let cpu = cpu::online_cpus()?[0];
+    let _pin = affinity::pin(cpu)?;
+    let pairs = |checks: &mut Checks, what: &str| -> Result<()> {
+        let m = kernel_bench::run(&kernel_bench::Request {
+            mode: kernel_bench::Mode::Global,
+            size: 32,
+            loops: COUNTING_PAIRS,
+            batch: 0,
+        })
+        .with_context(|| format!("{COUNTING_PAIRS} pairs of 32 bytes, {what}"))?;
+        checks.eq(format!("failed allocations, {what}"), 0, m.fails);
+        Ok(())
+    };
+
+    stats::set_counting(false)?;
+    let off = (|| -> Result<(Stats, Stats)> {
+        let before = Stats::read()?;
+        pairs(&mut checks, "BPF stats off")?;
+        Ok((before, Stats::read()?))
+    })();
+    // Back on whatever happened: the other tests need the counts.
+    stats::set_counting(true)?;
+    let (before, after) = off?;
+    checks.eq(
+        "the total line's counting with kernel.bpf_stats_enabled 0",
+        Some(false),
+        after.counting,
+    );
+    let d = after.cpu(cpu).since(&before.cpu(cpu));
+    checks.eq(
+        format!("cpu{cpu} alloc, free deltas of {COUNTING_PAIRS} pairs with BPF stats off"),
+        (0, 0),
+        (d.alloc, d.free),
+    );
+
+    let before = read_stats(&mut checks)?;
+    pairs(&mut checks, "BPF stats on")?;
+    let after = read_stats(&mut checks)?;
+    let n = i64::try_from(COUNTING_PAIRS)?;
+    expect_deltas(
+        &mut checks,
+        "pairs with BPF stats on",
+        &before,
+        &after,
+        &[(cpu, n, n)],
+    );
     finish(&mut checks, (), &start)?;
     checks.finish()?;
     Ok(Outcome::Pass)

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, Program};
 
-pub use counts::{global_ma_prog_arg_refused, global_ma_prog_counts, global_ma_zero_size};
+pub use counts::{
+    global_ma_counting_off, global_ma_prog_arg_refused, global_ma_prog_counts, global_ma_zero_size,
+};
 pub use debug::global_ma_debug_bugs;
 pub use interface::{
     global_ma_prefill_token_probe, global_ma_reserve_in_programs, global_ma_reserve_no_elements,
