@@ -191,7 +191,7 @@ impl Loaded {
 }
 
 /// One reading of the stats file, all field groups.
-struct Snap {
+pub(super) struct Snap {
     stats: Stats,
     nmi: NmiStats,
     reserve: ReserveStats,

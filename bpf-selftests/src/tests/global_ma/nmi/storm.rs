@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::{
-    expect_clean_nmi_runs, free_cnt, hold_storm, per_sec, snap, wait_low_watermark, Counts, Storm,
-    OP_ALLOC, REFILL_TIMEOUT,
+    expect_clean_nmi_runs, free_cnt, hold_storm, per_sec, snap, wait_low_watermark, Counts, Snap,
+    Storm, OP_ALLOC, REFILL_TIMEOUT,
 };
+use crate::check::Checks;
 use crate::runner::{Ctx, Outcome};
 use crate::sys::caches::Caches;
 use crate::sys::nmi;
@@ -100,8 +101,17 @@ pub fn global_ma_nmi_over_reserve(ctx: &Ctx<'_>) -> Result<Outcome> {
     let c0 = Caches::read()?;
     let s0 = snap(&mut checks)?;
     let took = nmi::send(&cpus, K)?;
-    let (c1, refilled, refill_took) = wait_low_watermark(&cpus)?;
-    let s1 = snap(&mut checks)?;
+    let (_, refilled, refill_took) = wait_low_watermark(&cpus)?;
+    // Back at the low watermark, a refill batch may still be adding its
+    // objects one by one (refill_objs grows only at its end): read the
+    // lists and the counters once neither moves.
+    let (c1, s1, settled) = settled_lists(&cpus, &mut checks)?;
+    if !settled {
+        checks.fail(format!(
+            "the free lists and their refill/trim counters did not stand still within \
+             {REFILL_TIMEOUT:?} after the NMIs"
+        ));
+    }
     if !refilled {
         checks.fail(format!(
             "a free list stayed below its low watermark {REFILL_TIMEOUT:?} after the NMIs"
@@ -318,4 +328,28 @@ pub fn global_ma_nmi_external(ctx: &Ctx<'_>) -> Result<Outcome> {
     finish(&mut checks, (l.obj, reservation), &start)?;
     checks.finish()?;
     Ok(Outcome::Pass)
+}
+
+/// The caches file and the stats, read once two readings 2 ms apart agree
+/// on every listed CPU's free_cnt (unit UNIT) and refill/trim counters.
+fn settled_lists(cpus: &[usize], checks: &mut Checks) -> Result<(Caches, Snap, bool)> {
+    let key = |c: &Caches, s: &Snap| -> Result<Vec<(i64, u64, u64)>> {
+        cpus.iter()
+            .map(|&cpu| {
+                let r = s.reserve.cpu(cpu);
+                Ok((free_cnt(c, cpu)?, s.stats.cpu(cpu).refill_objs, r.trim_objs))
+            })
+            .collect()
+    };
+    let start = Instant::now();
+    let mut last = (Caches::read()?, snap(checks)?);
+    loop {
+        thread::sleep(Duration::from_millis(2));
+        let now = (Caches::read()?, snap(checks)?);
+        let same = key(&last.0, &last.1)? == key(&now.0, &now.1)?;
+        if same || start.elapsed() > REFILL_TIMEOUT {
+            return Ok((now.0, now.1, same));
+        }
+        last = now;
+    }
 }
