@@ -49,7 +49,7 @@ fn real_main() -> Result<bool> {
         (None, None) => {
             // The selftests' alloc/free deltas need the counting on; a
             // failure shows as `counting 0` in the tests that read them.
-            if let Err(e) = sys::stats::enable_counting() {
+            if let Err(e) = sys::stats::set_counting(true) {
                 eprintln!("bpf-selftests: {e:#}");
             }
             tests::ALL

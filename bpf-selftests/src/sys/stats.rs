@@ -163,7 +163,7 @@ pub struct Stats {
     pub bad_free: Option<u64>,
     /// Whether alloc and free (and their NMI subsets) are being counted:
     /// the kernel counts them only while BPF stats are enabled
-    /// (`kernel.bpf_stats_enabled`, see [`enable_counting`]). None for a
+    /// (`kernel.bpf_stats_enabled`, see [`set_counting`]). None for a
     /// kernel that always counts.
     pub counting: Option<bool>,
 }
@@ -172,11 +172,7 @@ pub struct Stats {
 /// programs' run-time stats; patches/global-ma 0004).
 pub const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// Turns on the counting that the selftests' alloc/free deltas need.
-pub fn enable_counting() -> Result<()> {
-    set_counting(true)
-}
-
+/// Turns the counting that the selftests' alloc/free deltas need on or off.
 pub fn set_counting(on: bool) -> Result<()> {
     let v = if on { "1" } else { "0" };
     fs::write(BPF_STATS_SYSCTL, v).with_context(|| format!("writing {v} to {BPF_STATS_SYSCTL}"))
