@@ -342,13 +342,14 @@ fn settled_lists(cpus: &[usize], checks: &mut Checks) -> Result<(Caches, Snap, b
             .collect()
     };
     let start = Instant::now();
-    let mut last = (Caches::read()?, snap(checks)?);
+    let mut last = key(&Caches::read()?, &snap(checks)?)?;
     loop {
         thread::sleep(Duration::from_millis(2));
-        let now = (Caches::read()?, snap(checks)?);
-        let same = key(&last.0, &last.1)? == key(&now.0, &now.1)?;
+        let (c, s) = (Caches::read()?, snap(checks)?);
+        let now = key(&c, &s)?;
+        let same = now == last;
         if same || start.elapsed() > REFILL_TIMEOUT {
-            return Ok((now.0, now.1, same));
+            return Ok((c, s, same));
         }
         last = now;
     }
