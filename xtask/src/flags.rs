@@ -25,7 +25,7 @@ pub enum Cmd {
     Apply(Common),
     /// Merge the kconfig fragments and verify every requested option.
     Config(Common),
-    /// Build the kernel (vmlinux + bzImage).
+    /// Build the kernel QEMU boots: vmlinux (PVH), or bzImage for KASAN.
     Build(Common),
     /// Build the initramfs: busybox, guest runner, BPF objects.
     Image(Common),

@@ -29,6 +29,11 @@ pub(super) fn run(
     breakdown: &mut Option<Breakdown>,
     kernels: &mut Vec<KernelYaml>,
 ) -> Result<()> {
+    // Before the build: without vng there is nothing to compare against,
+    // and the virtme kernel is a cold build of its own.
+    let Some(vng_version) = machine.vng.clone() else {
+        bail!("`vng` is not installed: `pip install virtme-ng` (PyPI)")
+    };
     let mut common = f.boot.common.clone();
     if !common.configs.iter().any(|c| c == VIRTME_FRAGMENT) {
         common.configs.push(VIRTME_FRAGMENT.to_string());
@@ -42,13 +47,15 @@ pub(super) fn run(
     ));
     let pv = Pipeline::new(common)?;
     let (config, kernel, image) = pv.imaged()?;
+    let (tree, _, _) = pv.built()?;
+    let bzimage = crate::stages::kbuild::bzimage(&pv.ctx, &tree, &kernel)?;
     kernels.push(kernel_yaml("boot (ours and vng)", &config, &kernel, &image));
     let accel = accel::choose(&pv.ctx, f.boot.accel, &kernel.vmlinux, &image.initramfs)?;
     machine.accel = accel.name();
 
     let mut vng_args: Vec<String> = vec![
         "--run".into(),
-        kernel.bzimage.display().to_string(),
+        bzimage.display().to_string(),
         "--exec".into(),
         "true".into(),
         "--cpus".into(),
@@ -77,12 +84,9 @@ pub(super) fn run(
          /dev/null unless --verbose, so `true` having run = vng's exit is its equivalent point",
         vng_args.join(" ")
     );
-    let Some(vng_version) = machine.vng.clone() else {
-        bail!("`vng` is not installed: `pip install virtme-ng` (PyPI)")
-    };
     m.notes.push(format!(
-        "{vng_version}; same kernel for both sides: {}",
-        kernel.bzimage.display()
+        "{vng_version}; same kernel for both sides: {} (ours boots its vmlinux)",
+        bzimage.display()
     ));
 
     let lim = limits(&f.boot);

@@ -312,7 +312,8 @@ struct KernelYaml {
     release: String,
     configs: String,
     build_dir: String,
-    bzimage_bytes: u64,
+    /// None when the rig did not build one (it boots vmlinux).
+    bzimage_bytes: Option<u64>,
     vmlinux_bytes: u64,
     initramfs_bytes: u64,
 }
@@ -324,7 +325,7 @@ fn kernel_yaml(role: &str, config: &Config, kernel: &Kernel, image: &Image) -> K
         release: kernel.release.clone(),
         configs: config.names.join("+"),
         build_dir: kernel.build_dir.display().to_string(),
-        bzimage_bytes: size(&kernel.bzimage),
+        bzimage_bytes: kernel.bzimage.as_deref().map(size),
         vmlinux_bytes: size(&kernel.vmlinux),
         initramfs_bytes: size(&image.initramfs),
     }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
 use rig_contract::lacks::{self, NotBuilt};
 
 use crate::context::{require_tool, Ctx};
@@ -227,8 +228,22 @@ fn bpf_objects(
         write_stamp(&stamp, &kernel.key)?;
     }
     let progs = ctx.repo.join("bpf-selftests/progs");
+    // The headers' content, not the kernel's key: most kernel edits leave
+    // the BTF (so vmlinux.h) alone, and then no object is recompiled.
     let mut headers = Key::new("bpf-headers");
-    headers.str(&kernel.key);
+    headers
+        .file(&inc.join("vmlinux.h"))?
+        .file(&inc.join("bpf_helper_defs.h"))?;
+    let tools_bpf = tree.path.join("tools/lib/bpf");
+    let mut lib_headers: Vec<PathBuf> = std::fs::read_dir(&tools_bpf)
+        .with_context(|| format!("reading {}", tools_bpf.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "h"))
+        .collect();
+    lib_headers.sort();
+    for h in &lib_headers {
+        headers.file(h)?;
+    }
     let mut sources = Vec::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&progs)
         .with_context(|| format!("reading {}", progs.display()))?
@@ -253,19 +268,28 @@ fn bpf_objects(
         // bpf_tracing.h includes <bpf/bpf_helpers.h>.
         tools_lib: tree.path.join("tools/lib"),
     };
+    // One clang per core: after most kernel edits pahole's parallel BTF
+    // encoding orders vmlinux.h differently, and every object recompiles.
+    let compiled = sources
+        .par_iter()
+        .map(|src| {
+            let stem = src
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .replace(".bpf.c", "");
+            let obj = out.join(format!("{stem}.bpf.o"));
+            let mut key = Key::new("bpf-object");
+            key.str(CLANG).str(&headers).file(src)?;
+            let key = key.finish();
+            let result = compiler.object(src, &obj, &out.join(&stem), &key)?;
+            Ok((stem, obj, result))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut objects = Vec::new();
     let mut failed = Vec::new();
-    for src in sources {
-        let stem = src
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .replace(".bpf.c", "");
-        let obj = out.join(format!("{stem}.bpf.o"));
-        let mut key = Key::new("bpf-object");
-        key.str(CLANG).str(&headers).file(&src)?;
-        let key = key.finish();
-        match compiler.object(&src, &obj, &out.join(&stem), &key)? {
+    for ((stem, obj, result), src) in compiled.into_iter().zip(&sources) {
+        match result {
             Compiled::Built => objects.push(obj),
             Compiled::Failed { log } if mode == Progs::LeaveOutFailures => {
                 let _ = std::fs::remove_file(&obj);

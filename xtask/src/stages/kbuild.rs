@@ -1,8 +1,9 @@
-//! Stage `build`: an out-of-tree (O=) kbuild of vmlinux and bzImage, through
-//! ccache when present, skipped outright when nothing it depends on changed.
+//! Stage `build`: an out-of-tree (O=) kbuild of what QEMU boots (`vmlinux`,
+//! or the bzImage of a KASAN kernel), through ccache when present, skipped
+//! outright when nothing it depends on changed.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -18,7 +19,9 @@ use crate::sys::signals;
 
 pub struct Kernel {
     pub vmlinux: PathBuf,
-    pub bzimage: PathBuf,
+    /// Only when this build made it: a bzImage costs the desk loop its
+    /// compression (XZ in tinyconfig-based configs, several seconds).
+    pub bzimage: Option<PathBuf>,
     pub build_dir: PathBuf,
     pub release: String,
     /// Content key of the built kernel: tree state + .config.
@@ -72,29 +75,71 @@ pub fn build(ctx: &Ctx, tree: &Tree, config: &Config, state: &str) -> Result<Ker
         require_tool(tool, pkg)?;
     }
     let dir = &config.build_dir;
+    let target = boot_target(dir);
     let mut key = Key::new("build");
-    key.str(state).str(&config.hash);
+    key.str(state).str(&config.hash).str(target);
     let key = key.finish();
     let stamp = dir.join(".rig-build-key");
     let kernel = Kernel {
         vmlinux: dir.join("vmlinux"),
-        bzimage: dir.join("arch/x86/boot/bzImage"),
+        bzimage: (target == BZIMAGE).then(|| dir.join(BZIMAGE_PATH)),
         build_dir: dir.clone(),
         release: String::new(),
         key: key.clone(),
     };
-    if stamp_matches(&stamp, &key) && kernel.vmlinux.is_file() && kernel.bzimage.is_file() {
+    let built = |k: &Kernel| k.vmlinux.is_file() && k.bzimage.as_ref().is_none_or(|b| b.is_file());
+    if stamp_matches(&stamp, &key) && built(&kernel) {
         crate::sys::progress::up_to_date("build", &dir.display().to_string());
         return with_release(kernel);
     }
     let _ = std::fs::remove_file(&stamp);
+    run_make(ctx, tree, dir, target).context("kernel build failed")?;
+    write_stamp(&stamp, &key)?;
+    with_release(kernel)
+}
+
+const BZIMAGE: &str = "bzImage";
+const BZIMAGE_PATH: &str = "arch/x86/boot/bzImage";
+
+/// `vmlinux`, which QEMU boots through its PVH entry, unless the kernel must
+/// boot as a bzImage (see `Kernel::boot_image`).
+fn boot_target(build_dir: &Path) -> &'static str {
+    let config = std::fs::read_to_string(build_dir.join(".config")).unwrap_or_default();
+    if config.lines().any(|l| l == "CONFIG_KASAN=y") {
+        BZIMAGE
+    } else {
+        "vmlinux"
+    }
+}
+
+/// The bzImage of a built kernel, made on demand for whoever needs one
+/// (virtme-ng boots only that); skipped when it is as new as `kernel`.
+pub fn bzimage(ctx: &Ctx, tree: &Tree, kernel: &Kernel) -> Result<PathBuf> {
+    if let Some(b) = &kernel.bzimage {
+        return Ok(b.clone());
+    }
+    let dir = &kernel.build_dir;
+    let path = dir.join(BZIMAGE_PATH);
+    let stamp = dir.join(".rig-bzimage-key");
+    if stamp_matches(&stamp, &kernel.key) && path.is_file() {
+        return Ok(path);
+    }
+    let _ = std::fs::remove_file(&stamp);
+    run_make(ctx, tree, dir, BZIMAGE).context("building the bzImage failed")?;
+    write_stamp(&stamp, &kernel.key)?;
+    Ok(path)
+}
+
+/// Runs make for `target` as the `build` stage, with its log in the build
+/// dir; a failure quotes the compiler's errors, or else the log's tail.
+fn run_make(ctx: &Ctx, tree: &Tree, dir: &Path, target: &str) -> Result<()> {
     let stage = Stage::start(
         "build",
-        &format!("make -j{} bzImage in {}", ctx.jobs(), dir.display()),
+        &format!("make -j{} {target} in {}", ctx.jobs(), dir.display()),
     );
     let mut args = make_vars(ctx, dir);
     args.push(format!("-j{}", ctx.jobs()));
-    args.push("bzImage".to_string());
+    args.push(target.to_string());
     let mut child = Streamed::start(ccache_env(ctx, duct::cmd("make", &args)).dir(&tree.path))
         .context("starting make")?;
     let log_path = dir.join("rig-build.log");
@@ -134,20 +179,18 @@ pub fn build(ctx: &Ctx, tree: &Tree, config: &Config, state: &str) -> Result<Ker
     };
     if !status.success() {
         let shown = if errors.is_empty() {
-            tail.iter().cloned().collect::<Vec<_>>()
+            tail.into_iter().collect()
         } else {
             errors
         };
         bail!(
-            "kernel build failed ({}); full log: {}\n{}",
-            status,
+            "make {target}: {status}; full log: {}\n{}",
             log_path.display(),
             shown.join("\n")
         );
     }
-    write_stamp(&stamp, &key)?;
-    stage.done("vmlinux and bzImage built");
-    with_release(kernel)
+    stage.done(&format!("{target} built"));
+    Ok(())
 }
 
 impl Kernel {
@@ -156,12 +199,7 @@ impl Kernel {
     /// entry runs instrumented C code before the shadow memory exists and
     /// triple-faults; those boot the bzImage.
     pub fn boot_image(&self) -> PathBuf {
-        let config = std::fs::read_to_string(self.build_dir.join(".config")).unwrap_or_default();
-        if config.lines().any(|l| l == "CONFIG_KASAN=y") {
-            self.bzimage.clone()
-        } else {
-            self.vmlinux.clone()
-        }
+        self.bzimage.clone().unwrap_or_else(|| self.vmlinux.clone())
     }
 }
 
