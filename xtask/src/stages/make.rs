@@ -33,6 +33,10 @@ pub fn ccache_env(ctx: &Ctx, expr: duct::Expression) -> duct::Expression {
     expr.env("CCACHE_DIR", dir)
         .env("CCACHE_BASEDIR", &ctx.work)
         .env("CCACHE_NOHASHDIR", "1")
+        // Depend mode never runs the preprocessor: kbuild's -Wp,-MMD gives
+        // ccache the includes. With an empty cache, 89 files of kernel/bpf
+        // and mm/ took 1.36x plain gcc in the default mode, 1.09x in this.
+        .env("CCACHE_DEPEND", "1")
         .env("CCACHE_MAXSIZE", "5G")
 }
 

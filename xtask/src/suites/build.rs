@@ -83,8 +83,10 @@ pub fn build(ctx: &Ctx, tree: &Tree, kernel: &Kernel) -> Result<Suites> {
     // blob changes. A kernel edit that leaves the BTF alone leaves the
     // module loadable (same release, same types; symbols resolve at load).
     // bpf_testmod.ko links with the kernel's module linker script, which a
-    // bzImage-only build does not generate.
-    crate::stages::make::make(ctx, tree, &kernel.build_dir, &["modules_prepare"])?;
+    // vmlinux-only build does not generate; `make modules` (none are
+    // configured =m) writes Module.symvers, without which modpost warns
+    // that bpf_testmod's dependencies are unknown.
+    crate::stages::make::make(ctx, tree, &kernel.build_dir, &["modules"])?;
     let log_path = root.join("make.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
@@ -104,6 +106,15 @@ pub fn build(ctx: &Ctx, tree: &Tree, kernel: &Kernel) -> Result<Suites> {
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
+    let text = std::fs::read_to_string(&log_path)
+        .with_context(|| format!("reading {}", log_path.display()))?;
+    if let Some(w) = modpost_warning(&text) {
+        bail!(
+            "bpf_testmod's modpost warned: {w} (full log: {}); the kernel's build dir lacks \
+             what an external module needs",
+            log_path.display()
+        );
+    }
     for b in BINARIES.iter().chain(&["bpf_testmod.ko"]) {
         if !out.join(b).is_file() {
             bail!("make succeeded but left no {} in {}", b, out.display());
@@ -111,6 +122,13 @@ pub fn build(ctx: &Ctx, tree: &Tree, kernel: &Kernel) -> Result<Suites> {
     }
     stage.done(&format!("{}", out.display()));
     Ok(Suites { dir: out })
+}
+
+/// modpost's first `WARNING:` line: an input missing or a symbol unresolved.
+fn modpost_warning(log: &str) -> Option<&str> {
+    log.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("WARNING:") && (l.contains("modpost") || l.contains("is missing")))
 }
 
 /// Copies the tracked (and, in a user's tree, untracked but not ignored)
@@ -203,4 +221,21 @@ fn extract_btf(vmlinux: &Path, dst: &Path) -> Result<bool> {
     }
     std::fs::rename(&tmp, dst)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_modpost_warnings_only() {
+        let log = "  CC [M]  bpf_testmod.o\n  MODPOST Module.symvers\n\
+            WARNING: Module.symvers is missing.\n\
+                     Modules may not have dependencies or modversions.\n";
+        assert_eq!(
+            super::modpost_warning(log),
+            Some("WARNING: Module.symvers is missing.")
+        );
+        let unresolved = "WARNING: modpost: \"bpf_foo\" [bpf_testmod.ko] undefined!\n";
+        assert!(super::modpost_warning(unresolved).is_some());
+        assert_eq!(super::modpost_warning("  LD [M]  bpf_testmod.ko\n"), None);
+    }
 }
