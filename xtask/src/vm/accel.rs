@@ -41,7 +41,7 @@ pub fn choose(ctx: &Ctx, flag: flags::Accel, kernel: &Path, initrd: &Path) -> Re
             let verdict = probe(ctx, kernel, initrd)?;
             let line = match &verdict {
                 Accel::Kvm(cpu) => format!("{key} kvm {cpu}\n"),
-                Accel::Tcg => format!("{key} tcg\n"),
+                Accel::Tcg | Accel::TcgIcount => format!("{key} tcg\n"),
             };
             std::fs::write(&cache, line).with_context(|| format!("writing {}", cache.display()))?;
             Ok(verdict)

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::{bail, Result};
 use rig_contract::cmdline::Word;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -9,6 +10,10 @@ pub enum Accel {
     /// KVM with the named CPU model.
     Kvm(String),
     Tcg,
+    /// TCG with `-icount shift=0`: the guest clock advances exactly 1 ns per
+    /// executed guest instruction, so the guest's own ns figures are
+    /// instruction counts (`bench alloc`). Single-threaded TCG on one vCPU.
+    TcgIcount,
 }
 
 impl Accel {
@@ -16,7 +21,23 @@ impl Accel {
         match self {
             Accel::Kvm(cpu) => format!("kvm (-cpu {cpu})"),
             Accel::Tcg => "tcg".to_string(),
+            Accel::TcgIcount => "tcg -icount shift=0".to_string(),
         }
+    }
+
+    /// The same accelerator counting instructions; only TCG can.
+    pub fn icount(self) -> Result<Accel> {
+        match self {
+            Accel::Tcg | Accel::TcgIcount => Ok(Accel::TcgIcount),
+            other => bail!(
+                "-icount needs TCG; this boot would run under {}",
+                other.name()
+            ),
+        }
+    }
+
+    pub fn is_tcg(&self) -> bool {
+        matches!(self, Accel::Tcg | Accel::TcgIcount)
     }
 }
 
@@ -35,6 +56,18 @@ pub struct VmSpec {
     pub qmp: Option<PathBuf>,
 }
 
+impl VmSpec {
+    /// The vCPUs the guest gets: `cpus`, but one under `-icount`, where
+    /// the bring-up of a secondary CPU never finishes (QEMU 7.2 hangs at
+    /// "x86: Booting SMP configuration", with `sleep=off` too).
+    pub fn vcpus(&self) -> u32 {
+        match self.accel {
+            Accel::TcgIcount => 1,
+            _ => self.cpus,
+        }
+    }
+}
+
 pub fn kernel_cmdline(spec: &VmSpec) -> String {
     let mut words: Vec<String> = [
         "console=ttyS0",
@@ -47,7 +80,7 @@ pub fn kernel_cmdline(spec: &VmSpec) -> String {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    words.push(Word::Cpus(spec.cpus as usize).word());
+    words.push(Word::Cpus(spec.vcpus() as usize).word());
     words.extend(spec.cmdline.iter().cloned());
     words.join(" ")
 }
@@ -60,8 +93,17 @@ pub fn args(spec: &VmSpec) -> Vec<String> {
     match &spec.accel {
         Accel::Kvm(cpu) => push(&["-accel", "kvm", "-cpu", cpu]),
         Accel::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
+        // icount needs single-threaded TCG.
+        Accel::TcgIcount => push(&[
+            "-accel",
+            "tcg,thread=single",
+            "-icount",
+            "shift=0",
+            "-cpu",
+            "max",
+        ]),
     }
-    let smp = spec.cpus.to_string();
+    let smp = spec.vcpus().to_string();
     push(&["-smp", &smp, "-m", &spec.memory]);
     push(&["-kernel", &spec.kernel.to_string_lossy()]);
     push(&["-initrd", &spec.initrd.to_string_lossy()]);
@@ -104,6 +146,22 @@ mod tests {
     #[test]
     fn tcg_command_line() {
         insta::assert_snapshot!(args(&spec(Accel::Tcg)).join("\n"));
+    }
+
+    #[test]
+    fn tcg_icount_command_line_has_one_vcpu() {
+        let s = spec(Accel::TcgIcount);
+        assert_eq!((s.cpus, s.vcpus()), (4, 1));
+        insta::assert_snapshot!(args(&s).join("\n"));
+    }
+
+    #[test]
+    fn only_tcg_counts_instructions() {
+        assert_eq!(Accel::Tcg.icount().unwrap(), Accel::TcgIcount);
+        assert_eq!(Accel::TcgIcount.icount().unwrap(), Accel::TcgIcount);
+        let e = Accel::Kvm("host".into()).icount().unwrap_err().to_string();
+        assert!(e.starts_with("-icount needs TCG"), "{e}");
+        assert!(!Accel::Kvm("host".into()).is_tcg());
     }
 
     #[test]
