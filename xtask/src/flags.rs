@@ -138,6 +138,19 @@ pub struct BenchAllocFlags {
     /// it well under the 21 s RCU stall limit under TCG).
     #[arg(long, default_value_t = 1_000_000)]
     pub maploop_loops: u64,
+    /// Leave out the instruction counts: the boots again under TCG with
+    /// `-icount shift=0` on one vCPU, where the guest clock counts executed
+    /// instructions (only under TCG; with KVM they are left out).
+    #[arg(long)]
+    pub no_icount: bool,
+    /// Instruction counts: alloc+free pairs per measurement of the
+    /// allocator bench (2 runs after a warm-up).
+    #[arg(long, default_value_t = 100_000)]
+    pub icount_loops: u64,
+    /// Instruction counts: map loop update+delete pairs per run (one boot
+    /// per kernel, 2 runs after a warm-up).
+    #[arg(long, default_value_t = 100_000)]
+    pub icount_maploop_loops: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -241,6 +254,10 @@ pub struct BootFlags {
     /// host prints that failure as soon as it arrives.
     #[arg(skip)]
     pub fail_fast: bool,
+    /// Boot under TCG with `-icount shift=0` on one vCPU (`bench alloc`'s
+    /// instruction counts); a boot that would run under KVM fails.
+    #[arg(skip)]
+    pub icount: bool,
 }
 
 impl BootFlags {

@@ -16,6 +16,12 @@
 //! the tables and bench-alloc.yaml go to the bench's own run dir
 //! (`runs/<time>-bench-alloc`).
 //!
+//! Then, under TCG and unless `--no-icount`, the same benchmarks once more
+//! per kernel under `-icount shift=0` on one vCPU, where the guest's ns
+//! figures are instruction counts (alloc/icount.rs): the series and nodebug
+//! kernels' allocator bench, and the map loop on the baseline and the
+//! series kernel; they have their own table and goals.
+//!
 //! The series kernel's alloc boot is the bench's core: if the series kernel
 //! does not build or that boot fails, the bench stops (exit 2). A failure
 //! of the other kernels or boots leaves their part "not measured", the rest
@@ -23,6 +29,7 @@
 
 mod debug_modes;
 mod figures;
+mod icount;
 mod interleave;
 mod kernels;
 mod maploop;
@@ -38,12 +45,14 @@ use serde::Serialize;
 use super::report::{self, N};
 use super::{kernel_yaml, point_latest_at, KernelYaml, Log, Machine, MachineYaml};
 use crate::commands::test;
-use crate::flags::BenchAllocFlags;
+use crate::flags::{BenchAllocFlags, BootFlags};
 use crate::judge::verdict::SnapshotMode;
 use crate::pipeline::Pipeline;
 use crate::report::results;
 use crate::sys::signals;
+use crate::vm::Accel;
 use debug_modes::{Build, DebugModes, Side};
+use icount::Icount;
 use interleave::Kernel;
 use kernels::{Bench, BenchKernel, Role};
 use summary::Summary;
@@ -60,12 +69,17 @@ struct BootYaml {
     boot: usize,
     kernel: &'static str,
     bench: &'static str,
+    /// Booted under `-icount shift=0` (instruction counts).
+    icount: bool,
     cmdline: Vec<String>,
     run_dir: String,
 }
 
 /// A part of the bench that may not have been measured.
 type Part<T> = Option<std::result::Result<T, String>>;
+
+/// Every boot so far, with the accelerator it ran under.
+type Boots = Vec<(BootYaml, Accel)>;
 
 pub fn run(f: BenchAllocFlags) -> Result<i32> {
     check(&f)?;
@@ -79,7 +93,7 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
         2 * f.maploop_boots
     };
     log.say(&format!(
-        "alloc: run dir {}; kernels: series{}{}; boots: series alloc{}{}",
+        "alloc: run dir {}; kernels: series{}{}; boots: series alloc{}{}{}",
         run_dir.display(),
         if f.no_nodebug { "" } else { ", nodebug" },
         if f.no_baseline { "" } else { ", baseline" },
@@ -88,6 +102,11 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
             String::new()
         } else {
             format!(", {maploop_boots} map loop (baseline, series interleaved)")
+        },
+        if f.no_icount {
+            ""
+        } else {
+            "; then the same under -icount on 1 vCPU (TCG only), one boot per kernel"
         }
     ));
 
@@ -106,17 +125,29 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
 
     // 2. The boots.
     let mut boots = Vec::new();
-    let alloc = Bench::Alloc(alloc_params(&f));
-    let fig = boot_alloc(&series, &f, &alloc, &log, &mut boots)?;
+    let alloc = Bench::Alloc(alloc_params(&f, f.runs, f.loops));
+    let what = "the allocator bench";
+    let fig = boot_alloc(&series, &f.boot, &alloc, what, &log, &mut boots)?;
     let nodebug_fig: Part<figures::Figures> = match &nodebug {
         None => None,
         Some(Err(e)) => Some(Err(e.clone())),
-        Some(Ok(k)) => Some(part(boot_alloc(k, &f, &alloc, &log, &mut boots), &log)?),
+        Some(Ok(k)) => Some(part(
+            boot_alloc(k, &f.boot, &alloc, what, &log, &mut boots),
+            &log,
+        )?),
     };
     let versus = match &baseline {
         None => None,
         Some(b) => Some(maploop(&series, b.as_ref(), &f, &log, &mut boots)?),
     };
+    let icount = instruction_counts(
+        &series,
+        nodebug.as_ref(),
+        baseline.as_ref(),
+        &f,
+        &log,
+        &mut boots,
+    )?;
 
     // 3. Tables, goals, files.
     let mut sum = Summary::new(&fig);
@@ -141,8 +172,8 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
     if let Some(g) = versus.as_ref().and_then(Versus::goal) {
         sum.goals.push(g);
     }
-    let unmeasured = unmeasured(&nodebug_fig, versus.as_ref());
-    let text = tables(&sum, &modes, versus.as_ref(), &f, &unmeasured);
+    let unmeasured = unmeasured(&nodebug_fig, versus.as_ref(), &icount);
+    let text = tables(&sum, &modes, versus.as_ref(), &icount, &f, &unmeasured);
 
     let mut machine = Machine::probe();
     machine.accel = boots_accel(&boots);
@@ -169,6 +200,7 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
             figures: sum.yaml(),
             global_vs_cache: modes.yaml(),
             maploop: versus.as_ref().map(Versus::yaml),
+            icount: icount.yaml(),
             not_measured: &unmeasured,
             bench_wall_s: N(started.elapsed().as_secs_f64()),
         },
@@ -203,6 +235,18 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
         .map(|g| g.key.as_str())
         .collect();
     report::print_missed(&missed);
+    match &icount.skipped {
+        Some(why) => println!("{ICOUNT_GOALS}: not measured: {why}"),
+        None => {
+            let goals = icount.goals();
+            let missed: Vec<&str> = goals
+                .iter()
+                .filter(|g| !g.met)
+                .map(|g| g.key.as_str())
+                .collect();
+            println!("{}", report::missed_line(ICOUNT_GOALS, &missed));
+        }
+    }
     println!(
         "figures: {} (and {})",
         yaml_path.display(),
@@ -213,6 +257,9 @@ pub fn run(f: BenchAllocFlags) -> Result<i32> {
     // not be measured is.
     Ok(if unmeasured.is_empty() { 0 } else { 2 })
 }
+
+/// How the summary line names the goals judged on instruction counts.
+const ICOUNT_GOALS: &str = "instruction-count goals missed (QEMU -icount)";
 
 /// A step whose failure leaves its part not measured: Err(why), said at
 /// once. An interrupt ends the bench instead.
@@ -246,16 +293,16 @@ fn build(p: &Pipeline, role: Role, log: &Log) -> Result<BenchKernel> {
 /// words), judges the boot like a test boot, and returns its ktap.log text.
 fn boot(
     k: &BenchKernel,
-    f: &BenchAllocFlags,
+    f: &BootFlags,
     bench: &Bench,
     what: &str,
     log: &Log,
-    boots: &mut Vec<(BootYaml, String)>,
+    boots: &mut Boots,
 ) -> Result<String> {
     let words = kernels::words(k.role, bench);
     let n = boots.len() + 1;
     log.say(&format!("boot {n}: {what} on the {} kernel", k.role.name()));
-    let mut flags = f.boot.clone();
+    let mut flags = f.clone();
     flags.append.extend(words.iter().cloned());
     let t = Instant::now();
     let s = test::boot_and_judge(&k.p, &flags, k.built(), SnapshotMode::Off, t)?;
@@ -267,6 +314,7 @@ fn boot(
                 Bench::Alloc(_) => "alloc",
                 Bench::Maploop { .. } => "maploop",
             },
+            icount: f.icount,
             cmdline: words,
             run_dir: s.run_dir.display().to_string(),
         },
@@ -297,12 +345,13 @@ fn boot(
 
 fn boot_alloc(
     k: &BenchKernel,
-    f: &BenchAllocFlags,
+    f: &BootFlags,
     bench: &Bench,
+    what: &str,
     log: &Log,
-    boots: &mut Vec<(BootYaml, String)>,
+    boots: &mut Boots,
 ) -> Result<figures::Figures> {
-    let text = boot(k, f, bench, "the allocator bench", log, boots)?;
+    let text = boot(k, f, bench, what, log, boots)?;
     figures::parse(&text).with_context(|| {
         format!(
             "the figures of the {} kernel's alloc boot (boot {})",
@@ -319,7 +368,7 @@ fn maploop(
     baseline: std::result::Result<&BenchKernel, &String>,
     f: &BenchAllocFlags,
     log: &Log,
-    boots: &mut Vec<(BootYaml, String)>,
+    boots: &mut Boots,
 ) -> Result<Versus> {
     let mut v = Versus {
         boots: Vec::new(),
@@ -352,7 +401,7 @@ fn maploop(
             slot.pair,
             f.maploop_boots
         );
-        let r = boot(k, f, &bench, &what, log, boots).and_then(|text| {
+        let r = boot(k, &f.boot, &bench, &what, log, boots).and_then(|text| {
             maploop::parse(&text).with_context(|| format!("the figures of {what}"))
         });
         match part(r, log)? {
@@ -381,8 +430,111 @@ fn maploop(
     Ok(v)
 }
 
+/// The instruction counts (alloc/icount.rs), after the time boots: one
+/// boot per kernel under `-icount shift=0` on one vCPU, each failure
+/// leaving its side not measured. Left out with --no-icount, and under KVM,
+/// which has no -icount.
+fn instruction_counts(
+    series: &BenchKernel,
+    nodebug: Option<&std::result::Result<BenchKernel, String>>,
+    baseline: Option<&std::result::Result<BenchKernel, String>>,
+    f: &BenchAllocFlags,
+    log: &Log,
+    boots: &mut Boots,
+) -> Result<Icount> {
+    let mut ic = Icount {
+        skipped: None,
+        sizes: f.sizes.clone(),
+        batch: f.batch,
+        loops: f.icount_loops,
+        maploop_loops: f.icount_maploop_loops,
+        alloc: Vec::new(),
+        maploop: None,
+    };
+    if f.no_icount {
+        ic.skipped = Some("not asked for (--no-icount)".into());
+        return Ok(ic);
+    }
+    // The series kernel's alloc boot chose the accelerator; every boot
+    // chooses the same way.
+    if let Some((_, accel)) = boots.first().filter(|(_, a)| !a.is_tcg()) {
+        ic.skipped = Some(format!(
+            "-icount needs TCG; the boots ran under {}",
+            accel.name()
+        ));
+        return Ok(ic);
+    }
+    let mut flags = f.boot.clone();
+    flags.icount = true;
+    flags.cpus = 1;
+    let alloc = Bench::Alloc(alloc_params(f, icount::REPS, f.icount_loops));
+    let kernels = [
+        (Build::CompiledInOff, Some(Ok(series))),
+        (Build::CompiledOut, nodebug.map(|r| r.as_ref())),
+    ];
+    for (build, k) in kernels {
+        let s = match k {
+            None => continue,
+            Some(Err(_)) => icount::Side::NotBuilt,
+            Some(Ok(k)) => {
+                let what = "the allocator bench, counting instructions (-icount)";
+                let r = boot_alloc(k, &flags, &alloc, what, log, boots).and_then(|fig| {
+                    Icount::check_alloc(&fig, f.icount_loops)
+                        .with_context(|| format!("{what}, {} kernel", k.role.name()))?;
+                    Ok(fig)
+                });
+                side(r, log)?
+            }
+        };
+        ic.alloc.push((build, s));
+    }
+
+    let Some(baseline) = baseline else {
+        return Ok(ic);
+    };
+    let Ok(baseline) = baseline else {
+        ic.maploop = Some(icount::MapLoop {
+            baseline: icount::Side::NotBuilt,
+            series: icount::Side::NotBuilt,
+        });
+        return Ok(ic);
+    };
+    let bench = Bench::Maploop {
+        loops: f.icount_maploop_loops,
+        reps: icount::REPS,
+    };
+    let what = "the map loop, counting instructions (-icount)";
+    let mut maploop_boot = |k: &BenchKernel| {
+        let r = boot(k, &flags, &bench, what, log, boots).and_then(|text| {
+            let b = maploop::parse(&text)
+                .with_context(|| format!("the figures of {what}, {} kernel", k.role.name()))?;
+            Icount::check_maploop(&b, f.icount_maploop_loops)
+                .with_context(|| format!("{what}, {} kernel", k.role.name()))?;
+            Ok(b)
+        });
+        side(r, log)
+    };
+    ic.maploop = Some(icount::MapLoop {
+        baseline: maploop_boot(baseline)?,
+        series: maploop_boot(series)?,
+    });
+    Ok(ic)
+}
+
+/// `part` for one side of the instruction counts.
+fn side<T>(r: Result<T>, log: &Log) -> Result<icount::Side<T>> {
+    Ok(match part(r, log)? {
+        Ok(x) => icount::Side::Measured(x),
+        Err(why) => icount::Side::Failed(why),
+    })
+}
+
 /// "part: why" for every part that could not be measured.
-fn unmeasured(nodebug: &Part<figures::Figures>, versus: Option<&Versus>) -> Vec<String> {
+fn unmeasured(
+    nodebug: &Part<figures::Figures>,
+    versus: Option<&Versus>,
+    icount: &Icount,
+) -> Vec<String> {
     let mut v = Vec::new();
     if let Some(Err(e)) = nodebug {
         v.push(format!("nodebug: {e}"));
@@ -390,6 +542,7 @@ fn unmeasured(nodebug: &Part<figures::Figures>, versus: Option<&Versus>) -> Vec<
     if let Some(e) = versus.and_then(|v| v.not_measured.as_ref()) {
         v.push(format!("maploop: {e}"));
     }
+    v.extend(icount.failures());
     v
 }
 
@@ -398,6 +551,7 @@ fn tables(
     sum: &Summary<'_>,
     modes: &DebugModes<'_>,
     versus: Option<&Versus>,
+    icount: &Icount,
     f: &BenchAllocFlags,
     unmeasured: &[String],
 ) -> String {
@@ -428,15 +582,22 @@ fn tables(
             t.push_str(&v.boots_table());
         }
     }
+    t.push('\n');
+    t.push_str(&icount.table());
     for u in unmeasured {
         t.push_str(&format!("not measured: {u}\n"));
     }
     t
 }
 
-/// The accelerator of the boots (they all choose the same way).
-fn boots_accel(boots: &[(BootYaml, String)]) -> String {
-    let mut names: Vec<&str> = boots.iter().map(|(_, a)| a.as_str()).collect();
+/// The accelerator of the timed boots (they all choose the same way; the
+/// icount boots are TCG's variant).
+fn boots_accel(boots: &[(BootYaml, Accel)]) -> String {
+    let mut names: Vec<String> = boots
+        .iter()
+        .filter(|(y, _)| !y.icount)
+        .map(|(_, a)| a.name())
+        .collect();
     names.dedup();
     names.join(",")
 }
@@ -452,6 +613,7 @@ struct AllocYaml<'a> {
     figures: summary::FiguresYaml<'a>,
     global_vs_cache: Vec<debug_modes::BuildYaml<'a>>,
     maploop: Option<versus::MaploopYaml<'a>>,
+    icount: icount::IcountYaml<'a>,
     not_measured: &'a [String],
     bench_wall_s: N,
 }
@@ -464,12 +626,13 @@ struct AllocMachineYaml<'a> {
     memory: String,
 }
 
-/// The `rig.bench.<param>` values of the allocator bench.
-fn alloc_params(f: &BenchAllocFlags) -> Vec<(String, String)> {
+/// The `rig.bench.<param>` values of the allocator bench, with `reps`
+/// runs of `loops` pairs (the timed boots' or the icount boots').
+fn alloc_params(f: &BenchAllocFlags, reps: u32, loops: u64) -> Vec<(String, String)> {
     vec![
         ("sizes".into(), sizes(&f.sizes)),
-        ("reps".into(), f.runs.to_string()),
-        ("loops".into(), f.loops.to_string()),
+        ("reps".into(), reps.to_string()),
+        ("loops".into(), loops.to_string()),
         ("batch".into(), f.batch.to_string()),
     ]
 }
@@ -508,6 +671,20 @@ fn check(f: &BenchAllocFlags) -> Result<()> {
             maploop::MAX_LOOPS
         );
     }
+    if !f.no_icount {
+        if f.icount_loops == 0 || f.icount_loops > MAX_LOOPS {
+            bail!("--icount-loops must be 1..={MAX_LOOPS} (or --no-icount)");
+        }
+        if !f.icount_loops.is_multiple_of(u64::from(f.batch)) {
+            bail!("--batch must divide --icount-loops too (or --no-icount)");
+        }
+        if f.icount_maploop_loops == 0 || f.icount_maploop_loops > maploop::MAX_LOOPS {
+            bail!(
+                "--icount-maploop-loops must be 1..={} (bpf_loop's limit; or --no-icount)",
+                maploop::MAX_LOOPS
+            );
+        }
+    }
     if f.boot.common.tree.is_some() && !f.no_baseline {
         bail!(
             "the map loop compares the series with the pinned tree's baseline; with --tree, \
@@ -540,7 +717,10 @@ mod tests {
     fn defaults_and_guest_words() {
         let f = flags(&[]);
         assert_eq!(
-            kernels::words(Role::Series, &Bench::Alloc(alloc_params(&f))),
+            kernels::words(
+                Role::Series,
+                &Bench::Alloc(alloc_params(&f, f.runs, f.loops))
+            ),
             vec![
                 "bpf_global_ma_debug=0",
                 "rig.bench=alloc",
@@ -559,10 +739,21 @@ mod tests {
             (3, 5, 1_000_000)
         );
         assert!(check(&f).is_ok());
+        assert!(!f.no_icount, "instruction counts by default");
+        assert_eq!((f.icount_loops, f.icount_maploop_loops), (100_000, 100_000));
+        assert_eq!(
+            alloc_params(&f, icount::REPS, f.icount_loops),
+            [
+                ("sizes".to_string(), "32,256".to_string()),
+                ("reps".into(), "2".into()),
+                ("loops".into(), "100000".into()),
+                ("batch".into(), "1000".into()),
+            ]
+        );
         let f = flags(&[
             "--sizes", "8,64", "--runs", "3", "--loops", "1000", "--batch", "10",
         ]);
-        assert_eq!(alloc_params(&f)[0].1, "8,64");
+        assert_eq!(alloc_params(&f, f.runs, f.loops)[0].1, "8,64");
         assert!(check(&f).is_ok());
         let f = flags(&["--no-baseline", "--no-nodebug", "--maploop-boots", "5"]);
         assert!(f.no_baseline && f.no_nodebug && f.maploop_boots == 5);
@@ -583,10 +774,18 @@ mod tests {
             &["--maploop-loops", "0"],
             &["--maploop-loops", "8388609"],
             &["--tree", "/tmp"],
+            &["--icount-loops", "0"],
+            &["--icount-loops", "100000001"],
+            &["--loops", "3000", "--batch", "3000"],
+            &["--icount-maploop-loops", "0"],
+            &["--icount-maploop-loops", "8388609"],
         ] {
             assert!(check(&flags(bad)).is_err(), "{bad:?}");
         }
         assert!(check(&flags(&["--tree", "/tmp", "--no-baseline"])).is_ok());
+        // The icount flags only matter when the instruction counts run.
+        let f = flags(&["--loops", "3000", "--batch", "3000", "--no-icount"]);
+        assert!(check(&f).is_ok());
     }
 
     #[test]
@@ -623,9 +822,11 @@ mod tests {
             boot: 1,
             kernel: "series",
             bench: "alloc",
+            icount: false,
             cmdline: vec!["rig.bench=alloc".into()],
             run_dir: "runs/x".into(),
         };
+        let ic = skipped_icount("not asked for (--no-icount)");
         let not = vec!["maploop: baseline did not build".to_string()];
         let y = crate::report::results::to_yaml(&AllocYaml {
             machine: AllocMachineYaml {
@@ -638,6 +839,7 @@ mod tests {
             figures: sum.yaml(),
             global_vs_cache: modes.yaml(),
             maploop: Some(v.yaml()),
+            icount: ic.yaml(),
             not_measured: &not,
             bench_wall_s: N(1.0),
         })
@@ -653,16 +855,34 @@ mod tests {
             "\nglobal_vs_cache:\n",
             "\nmaploop:\n",
             "  not_measured: baseline did not build\n",
+            "\nicount:\n  measures: 'guest instructions per pair",
+            "  skipped: not asked for (--no-icount)\n",
             "\nnot_measured:\n- 'maploop: baseline did not build'\n",
         ] {
             assert!(y.contains(key), "{key:?} in\n{y}");
         }
     }
 
+    fn skipped_icount(why: &str) -> Icount {
+        Icount {
+            skipped: Some(why.into()),
+            sizes: vec![32],
+            batch: 1000,
+            loops: 100_000,
+            maploop_loops: 100_000,
+            alloc: Vec::new(),
+            maploop: None,
+        }
+    }
+
     #[test]
     fn unmeasured_parts_are_named() {
         let none: Part<figures::Figures> = None;
-        assert!(unmeasured(&none, None).is_empty());
+        let no_icount = skipped_icount("-icount needs TCG; the boots ran under kvm (-cpu host)");
+        assert!(
+            unmeasured(&none, None, &no_icount).is_empty(),
+            "KVM is no failure"
+        );
         let failed: Part<figures::Figures> = Some(Err("build failed".into()));
         let v = Versus {
             boots: Vec::new(),
@@ -671,9 +891,66 @@ mod tests {
             loops: 1000,
             not_measured: Some("boot 4 did not pass".into()),
         };
+        let mut ic = skipped_icount("");
+        ic.skipped = None;
+        ic.alloc = vec![
+            (
+                Build::CompiledInOff,
+                icount::Side::Failed("boot 9 hung".into()),
+            ),
+            (Build::CompiledOut, icount::Side::NotBuilt),
+        ];
         assert_eq!(
-            unmeasured(&failed, Some(&v)),
-            ["nodebug: build failed", "maploop: boot 4 did not pass"]
+            unmeasured(&failed, Some(&v), &ic),
+            [
+                "nodebug: build failed",
+                "maploop: boot 4 did not pass",
+                "icount series: boot 9 hung"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_machine_line_names_the_timed_boots_accelerator() {
+        let boot = |icount| BootYaml {
+            boot: 1,
+            kernel: "series",
+            bench: "alloc",
+            icount,
+            cmdline: Vec::new(),
+            run_dir: String::new(),
+        };
+        let boots = vec![
+            (boot(false), Accel::Tcg),
+            (boot(false), Accel::Tcg),
+            (boot(true), Accel::TcgIcount),
+        ];
+        assert_eq!(boots_accel(&boots), "tcg");
+    }
+
+    #[test]
+    fn the_instruction_counts_come_after_the_time_tables() {
+        let text = std::fs::read_to_string(
+            crate::context::repo_root().join("test_data/bench/alloc-ktap.log"),
+        )
+        .unwrap();
+        let fig = figures::parse(&text).unwrap();
+        let sum = Summary::new(&fig);
+        let modes = DebugModes {
+            sides: vec![(Build::CompiledInOff, Side::Measured(&fig))],
+        };
+        let f = flags(&["--no-baseline", "--no-nodebug"]);
+        let ic = skipped_icount("-icount needs TCG; the boots ran under kvm (-cpu host)");
+        let t = tables(&sum, &modes, None, &ic, &f, &[]);
+        let map_loop = t.find("map loop: not asked for").unwrap();
+        let title = t.find(icount::TITLE).unwrap();
+        assert!(map_loop < title, "{t}");
+        assert!(
+            t.ends_with(&format!(
+                "{}\nnot measured: -icount needs TCG; the boots ran under kvm (-cpu host)\n",
+                icount::TITLE
+            )),
+            "{t}"
         );
     }
 }

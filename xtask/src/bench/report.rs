@@ -214,16 +214,30 @@ pub fn write_yaml<T: Serialize>(path: &Path, v: &T) -> anyhow::Result<()> {
 
 /// The bench's last lines name the goals it missed (keys), or none.
 pub fn print_missed(missed: &[&str]) {
+    println!("{}", missed_line("goals missed", missed));
+}
+
+/// `<label>: <keys>`, or `<label>: none`.
+pub fn missed_line(label: &str, missed: &[&str]) -> String {
     if missed.is_empty() {
-        println!("goals missed: none");
+        format!("{label}: none")
     } else {
-        println!("goals missed: {}", missed.join(", "));
+        format!("{label}: {}", missed.join(", "))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missed_goals_are_listed_under_their_label() {
+        assert_eq!(missed_line("goals missed", &[]), "goals missed: none");
+        assert_eq!(
+            missed_line("instruction-count goals missed", &["a", "b"]),
+            "instruction-count goals missed: a, b"
+        );
+    }
 
     #[test]
     fn min_and_median() {

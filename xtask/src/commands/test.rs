@@ -109,8 +109,8 @@ pub struct Summary {
     /// Tests that failed, crashed or were skipped (not those never run).
     pub culprits: Vec<String>,
     pub run_dir: std::path::PathBuf,
-    /// The accelerator the guest ran under (`Accel::name`).
-    pub accel: String,
+    /// The accelerator the guest ran under.
+    pub accel: crate::vm::Accel,
 }
 
 impl Summary {
@@ -162,7 +162,10 @@ pub fn boot(
         cmdline: extra_cmdline,
         label,
     } = *req;
-    let accel = accel::choose(&p.ctx, f.accel, &kernel.boot_image(), initrd)?;
+    let mut accel = accel::choose(&p.ctx, f.accel, &kernel.boot_image(), initrd)?;
+    if f.icount {
+        accel = accel.icount()?;
+    }
     let run_dir = results::new_run_dir(&p.ctx.work, label)?;
     let mut cmdline = extra_cmdline.to_vec();
     if let Some(filter) = &f.filter {
@@ -193,7 +196,7 @@ pub fn boot(
     eprintln!(
         "[boot] {} on {} vCPUs, {} ({}); run dir {}",
         kernel.release,
-        f.cpus,
+        spec.vcpus(),
         f.memory(),
         accel.name(),
         run_dir.display()
@@ -229,7 +232,7 @@ pub fn boot(
         series: label.to_string(),
         configs: config.names.clone(),
         config_hash: config.hash[..16].to_string(),
-        cpus: f.cpus,
+        cpus: spec.vcpus(),
         memory: f.memory(),
         accel: accel.name(),
         profile: None,
@@ -412,7 +415,7 @@ pub fn boot_and_judge(
             .map(|t| format!("{} ({})", t.name, t.status.name()))
             .collect(),
         run_dir: b.run_dir,
-        accel: b.accel.name(),
+        accel: b.accel,
     })
 }
 

@@ -31,14 +31,14 @@ impl Build {
         }
     }
 
-    fn key_suffix(self) -> &'static str {
+    pub(super) fn key_suffix(self) -> &'static str {
         match self {
             Build::CompiledInOff => "",
             Build::CompiledOut => "_nodebug",
         }
     }
 
-    fn yaml_name(self) -> &'static str {
+    pub(super) fn yaml_name(self) -> &'static str {
         match self {
             Build::CompiledInOff => "compiled_in_off",
             Build::CompiledOut => "compiled_out",

@@ -14,7 +14,7 @@ pub const GLOBAL_VS_KMALLOC_GOAL: f64 = 0.5;
 pub const GLOBAL_VS_CACHE_GOAL: f64 = 1.10;
 
 /// What each mode of the kernel's bench file times, for the table.
-fn mode_title(mode: &str, batch: u32) -> String {
+pub(super) fn mode_title(mode: &str, batch: u32) -> String {
     match mode {
         "kmalloc" => "kmalloc(GFP_KERNEL)+kfree".into(),
         "global" => "global alloc+free (bpf_global_ma)".into(),
