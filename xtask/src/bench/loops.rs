@@ -188,24 +188,21 @@ pub(super) fn rebuild(
         let log_path = run_dir.join(format!("rebuild-test-{i}.log"));
         let ours = xtask_test(&f.boot, &p.ctx.work, &log_path, &[])?;
 
-        signals::check()?;
-        edit.apply(unique())?;
-        let t = Instant::now();
-        let out =
-            crate::stages::make::make(&p.ctx, &tree, &config.build_dir, &[j.as_str(), "bzImage"])
-                .context("the reference make bzImage")?;
-        let make_secs = t.elapsed().as_secs_f64();
-        std::fs::write(run_dir.join(format!("rebuild-make-{i}.log")), out)?;
-
+        // After another edit of the same file: make alone, its log kept.
+        let edited_make = |target: &str, log: String| -> Result<f64> {
+            signals::check()?;
+            edit.apply(unique())?;
+            let t = Instant::now();
+            let out =
+                crate::stages::make::make(&p.ctx, &tree, &config.build_dir, &[j.as_str(), target])
+                    .with_context(|| format!("the reference make {target}"))?;
+            let secs = t.elapsed().as_secs_f64();
+            std::fs::write(run_dir.join(log), out)?;
+            Ok(secs)
+        };
+        let make_secs = edited_make("bzImage", format!("rebuild-make-{i}.log"))?;
         // What the rig itself builds: the ratio without bzImage's compression.
-        signals::check()?;
-        edit.apply(unique())?;
-        let t = Instant::now();
-        let out =
-            crate::stages::make::make(&p.ctx, &tree, &config.build_dir, &[j.as_str(), "vmlinux"])
-                .context("make vmlinux, for the note")?;
-        let vmlinux_secs = t.elapsed().as_secs_f64();
-        std::fs::write(run_dir.join(format!("rebuild-make-vmlinux-{i}.log")), out)?;
+        let vmlinux_secs = edited_make("vmlinux", format!("rebuild-make-vmlinux-{i}.log"))?;
         log.say(&format!(
             "rebuild run {i}/{}: `xtask test` {}, make bzImage {make_secs:.2}s, make vmlinux \
              {vmlinux_secs:.2}s",
