@@ -237,9 +237,12 @@ pub struct BootFlags {
     /// Seconds one selftest may run.
     #[arg(long, default_value_t = 300)]
     pub test_timeout: u64,
-    /// Seconds with neither console nor KTAP output before the guest is declared hung.
-    #[arg(long, default_value_t = 60)]
-    pub silence_timeout: u64,
+    /// Seconds with neither console nor KTAP output before the guest is
+    /// declared hung [default: 60; 600 with --suite kernel, whose test_maps
+    /// forks 100 tasks that kept the runner's 20 s heartbeat from running
+    /// for over 60 s under TCG (BPF CI's watchdog is 600 s too)].
+    #[arg(long)]
+    pub silence_timeout: Option<u64>,
     /// Run only the selftests whose name contains this.
     #[arg(long)]
     pub filter: Option<String>,
@@ -261,6 +264,14 @@ pub struct BootFlags {
 }
 
 impl BootFlags {
+    /// `--silence-timeout`, or the default for the suite.
+    pub fn silence_timeout(&self) -> u64 {
+        self.silence_timeout.unwrap_or(match self.common.suite {
+            Suite::Selftests => 60,
+            Suite::Kernel => 600,
+        })
+    }
+
     /// `--memory`, or the default for the suite.
     pub fn memory(&self) -> String {
         self.memory.clone().unwrap_or_else(|| {
@@ -337,6 +348,14 @@ mod tests {
             Cmd::Test(t) => t.boot_flags(),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn kernel_suites_wait_longer_for_a_silent_guest() {
+        assert_eq!(test_boot(&[]).silence_timeout(), 60);
+        assert_eq!(test_boot(&["--suite", "kernel"]).silence_timeout(), 600);
+        let b = test_boot(&["--suite", "kernel", "--silence-timeout", "90"]);
+        assert_eq!(b.silence_timeout(), 90);
     }
 
     #[test]

@@ -205,7 +205,7 @@ fn step_args(b: &BootFlags) -> Vec<String> {
         "--test-timeout".into(),
         b.test_timeout.to_string(),
         "--silence-timeout".into(),
-        b.silence_timeout.to_string(),
+        b.silence_timeout().to_string(),
     ]);
     if let Some(filter) = &b.filter {
         a.extend(["--filter".into(), filter.clone()]);

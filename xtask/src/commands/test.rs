@@ -191,7 +191,7 @@ pub fn boot(
     let limits = Limits {
         boot: Duration::from_secs(f.boot_timeout),
         test: Duration::from_secs(f.test_timeout),
-        silence: Duration::from_secs(f.silence_timeout),
+        silence: Duration::from_secs(f.silence_timeout()),
     };
     eprintln!(
         "[boot] {} on {} vCPUs, {} ({}); run dir {}",
