@@ -31,6 +31,9 @@ pub enum Mode {
     Cache,
     /// bpf_global_ma in NMIs sent to the current CPU, `batch` per NMI.
     Nmi,
+    /// bpf_global_ma without the debug mode's checks, whatever the mode
+    /// (patches/global-ma 0019): what bpf_global_ma_debug=0 runs.
+    Unchecked,
 }
 
 impl Mode {
@@ -41,6 +44,7 @@ impl Mode {
             Mode::Kmalloc => "kmalloc",
             Mode::Cache => "cache",
             Mode::Nmi => "nmi",
+            Mode::Unchecked => "unchecked",
         }
     }
 

@@ -32,6 +32,7 @@ pub const ALL: &[Test] = tests![
     global_ma::global_ma_cross_cpu,
     global_ma::global_ma_prog_counts,
     global_ma::global_ma_zero_size,
+    global_ma::global_ma_size_classes,
     global_ma::global_ma_counting_off,
     global_ma::global_ma_prog_arg_refused,
     global_ma::global_ma_concurrent,

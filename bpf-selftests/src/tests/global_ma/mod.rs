@@ -14,6 +14,7 @@ mod interface;
 mod kptr;
 mod nmi;
 mod prefill;
+mod size_classes;
 mod stress;
 
 use std::collections::BTreeMap;
@@ -45,6 +46,7 @@ pub use prefill::{
     global_ma_prefill_prog_lifetime, global_ma_prefill_release, global_ma_prefill_sequence,
     global_ma_prefill_stacking,
 };
+pub use size_classes::global_ma_size_classes;
 pub use stress::global_ma_concurrent;
 
 use crate::check::Checks;
