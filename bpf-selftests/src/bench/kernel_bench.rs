@@ -32,7 +32,7 @@ pub enum Mode {
     /// bpf_global_ma in NMIs sent to the current CPU, `batch` per NMI.
     Nmi,
     /// bpf_global_ma without the debug mode's checks, whatever the mode
-    /// (patches/global-ma 0019): what bpf_global_ma_debug=0 runs.
+    /// (patches/global-ma 0020): what bpf_global_ma_debug=0 runs.
     Unchecked,
 }
 

@@ -1,9 +1,9 @@
 //! The global allocator's size classes as the production path uses them:
 //! the class an allocation looks up from its size, keeps in the object's
-//! header, and that the free reads back (patches/global-ma 0003, 0020 and
-//! 0021). Every selftest boot has the debug mode on, whose checks replace
+//! header, and that the free reads back (patches/global-ma 0003, 0021 and
+//! 0022). Every selftest boot has the debug mode on, whose checks replace
 //! that header with the owner's tag and put the class back from ksize() on
-//! free; so this test takes the kernel bench's `unchecked` mode (0019),
+//! free; so this test takes the kernel bench's `unchecked` mode (0020),
 //! which allocates and frees as bpf_global_ma_debug=0 does.
 
 use std::io;
@@ -40,7 +40,7 @@ fn pairs(size: u32, loops: u64) -> Result<kernel_bench::Measured> {
     .with_context(|| format!("{loops} unchecked pairs of {size} bytes"))
 }
 
-/// Whether `e` is the bench refusing the mode: a kernel before 0019.
+/// Whether `e` is the bench refusing the mode: a kernel before 0020.
 fn mode_refused(e: &anyhow::Error) -> bool {
     e.chain()
         .filter_map(|c| c.downcast_ref::<io::Error>())
@@ -73,7 +73,7 @@ pub fn global_ma_size_classes(_ctx: &Ctx<'_>) -> Result<Outcome> {
             Err(e) if i == 0 && mode_refused(&e) => {
                 return Ok(Outcome::Skip(lacks(
                     &format!("{} refuses mode unchecked: {e:#}", kernel_bench::BENCH_PATH),
-                    "the bench's unchecked mode (patches/global-ma 0019)",
+                    "the bench's unchecked mode (patches/global-ma 0020)",
                 )));
             }
             r => {
