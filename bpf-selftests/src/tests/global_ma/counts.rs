@@ -249,11 +249,8 @@ pub fn global_ma_prog_counts(ctx: &Ctx<'_>) -> Result<Outcome> {
 /// that ZERO_SIZE_PTR does not have). The kernel's bench does 1000 such
 /// pairs on one CPU; the allocator counts none of them.
 pub fn global_ma_zero_size(_ctx: &Ctx<'_>) -> Result<Outcome> {
-    if !std::path::Path::new(kernel_bench::BENCH_PATH).exists() {
-        return Ok(Outcome::Skip(lacks(
-            &format!("{} missing", kernel_bench::BENCH_PATH),
-            "CONFIG_BPF_GLOBAL_MA_TEST_NMI (the allocator bench, to allocate 0 bytes with)",
-        )));
+    if let Some(skip) = super::missing_bench("to allocate 0 bytes with") {
+        return Ok(skip);
     }
     let mut checks = Checks::new();
     let start = quiet_stats(&mut checks)?;
@@ -284,11 +281,8 @@ const COUNTING_PAIRS: u64 = 1000;
 /// on one CPU leave its alloc and free where they were and the total line
 /// says `counting 0`; turned back on, the same 1000 pairs count exactly.
 pub fn global_ma_counting_off(_ctx: &Ctx<'_>) -> Result<Outcome> {
-    if !std::path::Path::new(kernel_bench::BENCH_PATH).exists() {
-        return Ok(Outcome::Skip(lacks(
-            &format!("{} missing", kernel_bench::BENCH_PATH),
-            "CONFIG_BPF_GLOBAL_MA_TEST_NMI (the allocator bench, to allocate with)",
-        )));
+    if let Some(skip) = super::missing_bench("to allocate with") {
+        return Ok(skip);
     }
     if Stats::read()?.counting.is_none() {
         return Ok(Outcome::Skip(lacks(

@@ -67,6 +67,18 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Polling period of the stats file while waiting.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(2);
 
+/// A kernel without the allocator bench (CONFIG_BPF_GLOBAL_MA_TEST_NMI)
+/// skips the tests that allocate through it; `what_for` says why they do.
+pub fn missing_bench(what_for: &str) -> Option<Outcome> {
+    let path = crate::bench::kernel_bench::BENCH_PATH;
+    (!std::path::Path::new(path).exists()).then(|| {
+        Outcome::Skip(lacks(
+            &format!("{path} missing"),
+            &format!("CONFIG_BPF_GLOBAL_MA_TEST_NMI (the allocator bench, {what_for})"),
+        ))
+    })
+}
+
 /// A kernel without the global allocator (a `--tree` without the series,
 /// or a patch of the series that predates it, checked by check-series or
 /// bisect) skips these tests. The object first: the host could not build

@@ -54,11 +54,8 @@ fn mode_refused(e: &anyhow::Error) -> bool {
 /// none and count each; a zero size gets ZERO_SIZE_PTR, uncounted; sizes
 /// above 4088 fail, counted as alloc_fail.
 pub fn global_ma_size_classes(_ctx: &Ctx<'_>) -> Result<Outcome> {
-    if !std::path::Path::new(kernel_bench::BENCH_PATH).exists() {
-        return Ok(Outcome::Skip(lacks(
-            &format!("{} missing", kernel_bench::BENCH_PATH),
-            "CONFIG_BPF_GLOBAL_MA_TEST_NMI (the allocator bench)",
-        )));
+    if let Some(skip) = super::missing_bench("to allocate every size class with") {
+        return Ok(skip);
     }
     let mut checks = Checks::new();
     let start = quiet_stats(&mut checks)?;
