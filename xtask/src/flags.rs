@@ -272,6 +272,15 @@ impl BootFlags {
         })
     }
 
+    /// The boot's timeouts, from the flags.
+    pub fn limits(&self) -> crate::vm::Limits {
+        crate::vm::Limits {
+            boot: std::time::Duration::from_secs(self.boot_timeout),
+            test: std::time::Duration::from_secs(self.test_timeout),
+            silence: std::time::Duration::from_secs(self.silence_timeout()),
+        }
+    }
+
     /// `--memory`, or the default for the suite.
     pub fn memory(&self) -> String {
         self.memory.clone().unwrap_or_else(|| {

@@ -31,7 +31,7 @@ pub enum Mode {
     Cache,
     /// bpf_global_ma in NMIs sent to the current CPU, `batch` per NMI.
     Nmi,
-    /// bpf_global_ma without the debug mode's checks, whatever the mode
+    /// bpf_global_ma without the debug mode's checks, even with it on
     /// (patches/global-ma 0020): what bpf_global_ma_debug=0 runs.
     Unchecked,
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::report::{self, Measurement, Pairs, N};
-use super::run::{limits, spec, tail, timed};
+use super::run::{spec, tail, timed};
 use super::{boottime, kernel_yaml, no_test, KernelYaml, Log, Machine, VIRTME_FRAGMENT};
 use crate::flags::BenchRigFlags;
 use crate::pipeline::Pipeline;
@@ -89,7 +89,7 @@ pub(super) fn run(
         bzimage.display()
     ));
 
-    let lim = limits(&f.boot);
+    let lim = f.boot.limits();
     let vng_ok = check_vng(&vng_args, run_dir, &lim, log, m)?;
     let mut phases: Vec<Vec<Option<f64>>> = Vec::new();
     let mut stamps: Vec<Vec<Option<f64>>> = Vec::new();

@@ -13,7 +13,7 @@ use crate::stages::image::Image;
 use crate::stages::kbuild::Kernel;
 use crate::sys::pgroup::{own_group, Group};
 use crate::sys::signals;
-use crate::vm::{self, Accel, Limits, VmSpec};
+use crate::vm::{self, Accel, VmSpec};
 
 /// Runs `expr` in its own process group with its output in `log_path`;
 /// returns its wall time and exit code. Ctrl-C or the limit end the group.
@@ -241,14 +241,6 @@ pub(super) fn xtask_test(
             log_path.display(),
             tail(log_path, 8)
         ),
-    }
-}
-
-pub(super) fn limits(f: &BootFlags) -> Limits {
-    Limits {
-        boot: Duration::from_secs(f.boot_timeout),
-        test: Duration::from_secs(f.test_timeout),
-        silence: Duration::from_secs(f.silence_timeout()),
     }
 }
 

@@ -1,6 +1,6 @@
 //! `cargo xtask test` and the per-stage subcommands: the pipeline in order.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 
@@ -188,11 +188,7 @@ pub fn boot(
         "qemu-system-x86_64",
         &crate::vm::qemu::args(&spec),
     )?;
-    let limits = Limits {
-        boot: Duration::from_secs(f.boot_timeout),
-        test: Duration::from_secs(f.test_timeout),
-        silence: Duration::from_secs(f.silence_timeout()),
-    };
+    let limits = f.limits();
     eprintln!(
         "[boot] {} on {} vCPUs, {} ({}); run dir {}",
         kernel.release,
