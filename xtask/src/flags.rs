@@ -234,9 +234,10 @@ pub struct BootFlags {
     /// Seconds from QEMU start to the first KTAP line.
     #[arg(long, default_value_t = 120)]
     pub boot_timeout: u64,
-    /// Seconds one selftest may run.
-    #[arg(long, default_value_t = 300)]
-    pub test_timeout: u64,
+    /// Seconds one selftest may run [default: 300; 900 with --suite kernel,
+    /// whose test_maps alone runs for about 290 s under TCG at 4G].
+    #[arg(long)]
+    pub test_timeout: Option<u64>,
     /// Seconds with neither console nor KTAP output before the guest is
     /// declared hung [default: 60; 600 with --suite kernel, whose test_maps
     /// forks 100 tasks that kept the runner's 20 s heartbeat from running
@@ -264,6 +265,14 @@ pub struct BootFlags {
 }
 
 impl BootFlags {
+    /// `--test-timeout`, or the default for the suite.
+    pub fn test_timeout(&self) -> u64 {
+        self.test_timeout.unwrap_or(match self.common.suite {
+            Suite::Selftests => 300,
+            Suite::Kernel => 900,
+        })
+    }
+
     /// `--silence-timeout`, or the default for the suite.
     pub fn silence_timeout(&self) -> u64 {
         self.silence_timeout.unwrap_or(match self.common.suite {
@@ -276,7 +285,7 @@ impl BootFlags {
     pub fn limits(&self) -> crate::vm::Limits {
         crate::vm::Limits {
             boot: std::time::Duration::from_secs(self.boot_timeout),
-            test: std::time::Duration::from_secs(self.test_timeout),
+            test: std::time::Duration::from_secs(self.test_timeout()),
             silence: std::time::Duration::from_secs(self.silence_timeout()),
         }
     }
@@ -357,6 +366,14 @@ mod tests {
             Cmd::Test(t) => t.boot_flags(),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn kernel_suites_give_a_test_longer() {
+        assert_eq!(test_boot(&[]).test_timeout(), 300);
+        assert_eq!(test_boot(&["--suite", "kernel"]).test_timeout(), 900);
+        let b = test_boot(&["--suite", "kernel", "--test-timeout", "400"]);
+        assert_eq!(b.test_timeout(), 400);
     }
 
     #[test]

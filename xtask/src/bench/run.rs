@@ -154,7 +154,7 @@ pub(super) fn test_args(f: &BootFlags, work: &Path) -> Vec<String> {
     };
     push("--accel", accel.to_string());
     push("--boot-timeout", f.boot_timeout.to_string());
-    push("--test-timeout", f.test_timeout.to_string());
+    push("--test-timeout", f.test_timeout().to_string());
     push("--silence-timeout", f.silence_timeout().to_string());
     if let Some(filter) = &f.filter {
         push("--filter", filter.clone());

@@ -203,7 +203,7 @@ fn step_args(b: &BootFlags) -> Vec<String> {
         "--boot-timeout".into(),
         b.boot_timeout.to_string(),
         "--test-timeout".into(),
-        b.test_timeout.to_string(),
+        b.test_timeout().to_string(),
         "--silence-timeout".into(),
         b.silence_timeout().to_string(),
     ]);
